@@ -1,0 +1,203 @@
+"""Weighted ELBO training: likelihoods, KL, the weighted loss, the step and ``fit``."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.special
+import scipy.stats
+
+import wrjax
+from wrjax import vae
+
+
+class ToyVAE(nn.Module):
+    """An MLP VAE on binary vectors of length 16 with a 2-D latent space."""
+
+    latent_dim: int = 2
+
+    def setup(self):
+        self.enc = nn.Dense(32)
+        self.mean = nn.Dense(self.latent_dim)
+        self.logvar = nn.Dense(self.latent_dim)
+        self.dec1 = nn.Dense(32)
+        self.dec2 = nn.Dense(16)
+
+    def encode(self, x):
+        h = nn.relu(self.enc(x.astype(jnp.float32)))
+        return self.mean(h), self.logvar(h)
+
+    def decode(self, z):
+        return self.dec2(nn.relu(self.dec1(z)))
+
+    def __call__(self, x):
+        mean, _ = self.encode(x)
+        return self.decode(mean)
+
+
+@pytest.fixture
+def toy():
+    model = ToyVAE()
+    params = model.init(jax.random.key(1), jnp.zeros((1, 16), jnp.float32))["params"]
+    return model, params
+
+
+def toy_data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    protos = rng.random((4, 16)) < 0.5
+    labels = np.arange(n) % 4
+    return jnp.asarray(protos[labels], jnp.float32), labels
+
+
+def test_bernoulli_log_likelihood_against_scipy(rng):
+    logits = rng.normal(size=(3, 4, 5)) * 5
+    x = rng.random((3, 4, 5)) < 0.5
+    p = scipy.special.expit(logits)
+    ref = np.where(x, np.log(p), np.log1p(-p)).reshape(3, -1).sum(1)
+    got = wrjax.bernoulli_log_likelihood(jnp.asarray(logits, jnp.float32), jnp.asarray(x))
+    np.testing.assert_allclose(got, ref, rtol=1e-4)
+    assert got.dtype == jnp.float32
+    # Stable far in the tails, where log(sigmoid) naively gives -inf.
+    far = wrjax.bernoulli_log_likelihood(jnp.full((1, 1), -200.0), jnp.ones((1, 1)))
+    np.testing.assert_allclose(far, [-200.0], rtol=1e-5)
+
+
+def test_categorical_log_likelihood_against_scipy(rng):
+    logits = rng.normal(size=(2, 5, 7))
+    targets = rng.integers(0, 7, size=(2, 5))
+    step_mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    logp = scipy.special.log_softmax(logits, axis=-1)
+    ref = (np.take_along_axis(logp, targets[..., None], -1)[..., 0] * step_mask).sum(1)
+    got = wrjax.categorical_log_likelihood(
+        jnp.asarray(logits, jnp.float32), jnp.asarray(targets), jnp.asarray(step_mask)
+    )
+    np.testing.assert_allclose(got, ref, rtol=1e-5)
+    one_hot = jax.nn.one_hot(targets, 7)
+    np.testing.assert_allclose(
+        wrjax.categorical_log_likelihood(jnp.asarray(logits, jnp.float32), one_hot, step_mask),
+        ref,
+        rtol=1e-5,
+    )
+
+
+def test_gaussian_kl_against_monte_carlo(rng):
+    mean = rng.normal(size=(2, 3))
+    logvar = rng.normal(size=(2, 3)) * 0.5
+    z = mean + np.exp(0.5 * logvar) * rng.normal(size=(200_000, 2, 3))
+    log_q = scipy.stats.norm.logpdf(z, mean, np.exp(0.5 * logvar)).sum(-1)
+    log_p = scipy.stats.norm.logpdf(z).sum(-1)
+    mc = (log_q - log_p).mean(0)
+    np.testing.assert_allclose(wrjax.gaussian_kl(mean, logvar), mc, rtol=0.02, atol=0.01)
+
+
+def test_weighted_loss_shape_check():
+    with pytest.raises(ValueError, match="shape mismatch"):
+        wrjax.weighted_elbo_loss(jnp.ones(3), jnp.ones(4))
+
+
+def test_uniform_weights_equal_the_unweighted_elbo(toy, key):
+    model, params = toy
+    x, _ = toy_data(32)
+    n = x.shape[0]
+    w = wrjax.rank_weights(jnp.zeros(n), np.inf)  # uniform, sums to 1
+
+    def weighted(p):
+        terms = wrjax.elbo_terms(key, p, model, x, beta=0.5)
+        return wrjax.weighted_elbo_loss(-terms.elbo, n * w)
+
+    def unweighted(p):
+        return -jnp.mean(wrjax.elbo_terms(key, p, model, x, beta=0.5).elbo)
+
+    lw, gw = jax.value_and_grad(weighted)(params)
+    lu, gu = jax.value_and_grad(unweighted)(params)
+    np.testing.assert_allclose(lw, lu, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), gw, gu)
+
+
+def test_elbo_is_a_lower_bound_on_log_likelihood_estimate(toy, key):
+    """ELBO <= importance-sampled log p(x) (in expectation), with beta = 1."""
+    model, params = toy
+    x, _ = toy_data(4)
+    elbos = jax.vmap(lambda k: wrjax.elbo_terms(k, params, model, x).elbo)(
+        jax.random.split(key, 4000)
+    )
+    # log p(x) >= log mean exp(ELBO samples) >= mean ELBO (Jensen); the IWAE estimate is
+    # a tighter bound, so the mean ELBO must sit below it.
+    iwae = jax.scipy.special.logsumexp(elbos, axis=0) - np.log(4000)
+    assert np.all(np.asarray(elbos.mean(0)) <= np.asarray(iwae) + 1e-4)
+
+
+def test_training_lowers_the_loss_and_favours_heavy_points(toy, key):
+    model, params = toy
+    x, labels = toy_data(256)
+    # Prototype 0 carries almost all the weight: eq. 3 with scores = [label == 0].
+    scores = (labels == 0).astype(np.float32)
+    w = wrjax.rank_weights(scores, 1e-3)
+    opt = optax.adam(3e-3)
+    state = wrjax.init_train_state(params, opt)
+    step = wrjax.make_train_step(model, opt, beta=0.1)
+    k_fit, k_eval = jax.random.split(key)
+    state, info = wrjax.fit(k_fit, state, step, x, w, num_steps=300, batch_size=32)
+    assert info.loss.shape == (300,)
+    assert float(info.loss[-20:].mean()) < 0.5 * float(info.loss[:20].mean())
+    ll = wrjax.elbo_terms(k_eval, state.params, model, x).log_lik
+    heavy = float(jnp.mean(ll[labels == 0]))
+    light = float(jnp.mean(ll[labels != 0]))
+    assert heavy > light + 1.0, (heavy, light)
+
+
+def test_fit_continues_from_state_and_sample_mode_runs(toy, key):
+    model, params = toy
+    x, _ = toy_data(64)
+    opt = optax.adam(1e-3)
+    step = wrjax.make_train_step(model, opt, beta=wrjax.beta_schedule(1e-6, 1.0, warmup_steps=5))
+    state = wrjax.init_train_state(params, opt)
+    state, info = wrjax.fit(key, state, step, x, jnp.ones(64), num_steps=10, batch_size=8)
+    state, info2 = wrjax.fit(
+        key, state, step, x, jnp.ones(64), num_steps=10, batch_size=8, mode="sample"
+    )
+    assert int(state.step) == 20
+    # The beta schedule reads the continued step count: 1e-6 until step 5, then x1.1 per 10.
+    np.testing.assert_allclose(info.beta[:6], 1e-6, rtol=1e-6)
+    np.testing.assert_allclose(info2.beta, 1e-6 * 1.1 ** ((np.arange(10, 20) - 5) // 10), rtol=1e-5)
+
+
+def test_fit_does_not_retrace_as_the_buffer_fills(toy, key, trace_counter):
+    model, params = toy
+    capacity = 64
+    x, _ = toy_data(capacity)
+    opt = optax.adam(1e-3)
+    step = trace_counter(wrjax.make_train_step(model, opt))
+    state = wrjax.init_train_state(params, opt)
+    for n_valid in (16, 17, 40, 64):
+        mask = jnp.arange(capacity) < n_valid
+        w = wrjax.rank_weights(jnp.arange(capacity, dtype=jnp.float32), 1e-3, mask)
+        state, _ = wrjax.fit(
+            key, state, step, x, w, num_steps=4, batch_size=8, mask=mask
+        )
+    assert step.count == 1
+
+
+def test_epoch_mode_never_trains_on_padding(toy, key):
+    model, params = toy
+    x, _ = toy_data(32)
+    x = x.at[16:].set(jnp.nan)  # padding holds garbage; a single read would poison params
+    mask = jnp.arange(32) < 16
+    opt = optax.adam(1e-3)
+    step = wrjax.make_train_step(model, opt)
+    state, info = wrjax.fit(
+        key, wrjax.init_train_state(params, opt), step, x, mask.astype(jnp.float32),
+        num_steps=20, batch_size=8, mask=mask,
+    )
+    assert np.isfinite(np.asarray(info.loss)).all()
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state.params))
+
+
+def test_float32_even_with_float64_inputs(toy, key):
+    model, params = toy
+    with jax.enable_x64(True):
+        x = jnp.asarray(toy_data(8)[0], jnp.float64)
+        terms = wrjax.elbo_terms(key, params, model, x)
+        assert terms.elbo.dtype == jnp.float32
