@@ -1,0 +1,193 @@
+"""The retraining loop (Algorithm 1) end to end on the tiny toy task."""
+
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from wrjax import lso
+from wrjax.lso import LSOConfig, Optimizer, Proposal
+from wrjax.tasks.toy import bits_key, make_toy_task
+
+
+def bits(s):
+    return np.array([int(c) for c in s], np.uint8)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return make_toy_task(jax.random.key(0))
+
+
+def scripted_optimizer(script):
+    """Proposes the scripted objects one per call (None = an invalid decoding).
+
+    The position in the script lives in a closure: the loop re-initialises optimiser state
+    at every cycle, and the script must run on across cycles.
+    """
+    position = [0]
+
+    def propose(key, state, ctx):
+        i = position[0]
+        if i >= len(script):
+            return Proposal(np.zeros((0, 2), np.float32), []), state
+        position[0] += 1
+        return Proposal(np.full((1, 2), float(i), np.float32), [script[i]]), state
+
+    return Optimizer(lambda: None, propose, "scripted")
+
+
+def strip(records):
+    return [{k: v for k, v in r.items() if k != "wall_time"} for r in records]
+
+
+def test_budget_statuses_and_retrain_schedule(toy, tmp_path):
+    train = toy.initial_keys
+    # Strings with 6 ones: none is in the data (at most 4 ones), all distinct.
+    novel = ["1" * 5 + "0" * i + "1" + "0" * (6 - i) for i in range(6)]
+    assert len(set(novel)) == 6 and not set(novel) & set(train)
+    fail_task = make_toy_task(
+        jax.random.key(0), fail_keys=[novel[2]], nan_keys=[novel[3]]
+    )
+    script = [
+        bits(novel[0]),
+        bits(train[5]),  # in the training data -> duplicate
+        None,  # invalid decoding
+        bits(novel[1]),
+        bits(novel[0]),  # already queried -> duplicate
+        bits(novel[2]),  # objective raises
+        bits(novel[3]),  # objective returns NaN
+        bits(novel[4]),
+        bits(novel[5]),
+    ]
+    events = []
+    cfg = LSOConfig(
+        budget=5, retrain_every=2, optimizer=scripted_optimizer(script),
+        initial_finetune_epochs=0.1, finetune_steps=2, batch_size=8,
+    )  # fmt: skip
+    res = lso.run(
+        jax.random.key(1), fail_task, cfg, workdir=tmp_path, progress=False,
+        callbacks=[lambda ev, p: events.append((ev, p))],
+    )  # fmt: skip
+    statuses = [r["status"] for r in res.records]
+    assert statuses == [
+        "ok", "duplicate", "invalid", "ok", "duplicate", "objective-error", "objective-error", "ok",
+    ]  # fmt: skip
+    # Discards do not count toward the budget; objective errors do (the evaluation was spent).
+    assert [r["eval"] for r in res.records] == [0, None, None, 1, None, 2, 3, 4]
+    assert "RuntimeError" in res.records[5]["error"] and "non-finite" in res.records[6]["error"]
+    # Errors are excluded from the data: TopK runs over the 3 ok scores only.
+    np.testing.assert_allclose(res.scores, [bits(novel[i]).sum() for i in (0, 1, 4)])
+    # Retrain schedule: the initial training, then after evaluations 2 and 4.
+    retrains = [p["n_evals"] for ev, p in events if ev == "retrain"]
+    assert retrains == [0, 2, 4]
+    assert [r["model_version"] for r in res.records] == [0, 0, 0, 0, 1, 1, 1, 2]
+    # Records on disk equal the returned ones and every line is valid JSON.
+    assert strip(lso.load_records(tmp_path)) == strip(res.records)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["counts"] == {"ok": 3, "invalid": 1, "duplicate": 2, "objective-error": 2}
+    assert summary["num_evaluations"] == 5 and summary["status"] == "complete"
+    assert summary["retrain_points"] == [2, 4]
+
+
+def test_consecutive_discards_are_capped(toy, tmp_path):
+    script = [bits(toy.initial_keys[i]) for i in range(10)]  # all duplicates
+    cfg = LSOConfig(
+        budget=3, retrain_every=None, optimizer=scripted_optimizer(script),
+        initial_finetune_epochs=0, max_consecutive_discards=4,
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="discarded"):
+        res = lso.run(jax.random.key(0), toy, cfg, workdir=tmp_path, progress=False)
+    assert res.status == "stalled"
+    assert [r["status"] for r in res.records] == ["duplicate"] * 4
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_at", [3, 11])
+def test_resumed_run_gives_identical_records(toy, tmp_path, stop_at):
+    cfg = LSOConfig(budget=14, retrain_every=5, optimizer="grid", batch_size=16)
+    key = jax.random.key(7)
+    full = lso.run(key, toy, cfg, workdir=tmp_path / "full", progress=False)
+
+    def interrupt(event, payload):
+        if event == "record" and payload["seq"] == stop_at:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        lso.run(key, toy, cfg, workdir=tmp_path / "cut", progress=False, callbacks=[interrupt])
+    partial = lso.load_records(tmp_path / "cut")
+    assert len(partial) == stop_at + 1
+    calls = []
+    counting = lso.Task(**{**toy.__dict__, "objective": lambda o: calls.append(1) or toy.objective(o)})
+    resumed = lso.run(key, counting, cfg, workdir=tmp_path / "cut", progress=False)
+    assert strip(resumed.records) == strip(full.records)
+    assert strip(lso.load_records(tmp_path / "cut")) == strip(lso.load_records(tmp_path / "full"))
+    # Evaluations recorded before the interruption were not repeated.
+    assert len(calls) == sum(r["eval"] is not None for r in full.records[stop_at + 1 :])
+    np.testing.assert_array_equal(resumed.scores, full.scores)
+
+
+def test_changed_config_in_existing_workdir_is_rejected(toy, tmp_path):
+    cfg = LSOConfig(budget=2, retrain_every=None, optimizer="grid", initial_finetune_epochs=0)
+    lso.run(jax.random.key(0), toy, cfg, workdir=tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"different config \(fields \['budget'\]\)"):
+        lso.run(
+            jax.random.key(0), toy, LSOConfig(budget=3, retrain_every=None, optimizer="grid",
+                                              initial_finetune_epochs=0),
+            workdir=tmp_path, progress=False,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("budget", 0),
+        ("retrain_every", 0),
+        ("k", 0.0),
+        ("k", math.nan),
+        ("k", -1.0),
+        ("variance_reduction", "copies"),
+        ("weighting", "softmax"),
+        ("optimizer", "random"),
+        ("batch_size", 0),
+        ("w_max", 0.5),
+        ("learning_rate", 0.0),
+    ],
+)
+def test_invalid_config_names_the_field(field, value):
+    with pytest.raises(ValueError, match=rf"LSOConfig\.{field}"):
+        LSOConfig(**{field: value})
+
+
+def test_weighting_params_are_checked_eagerly():
+    with pytest.raises(ValueError, match="weighting_params"):
+        LSOConfig(weighting="rank", weighting_params=(("alpha", 1.0),))
+
+
+def test_weighted_retraining_beats_the_data_on_the_toy(toy, tmp_path):
+    """The paper's claim in miniature: the best found exceeds the best in the data (4 ones)."""
+    cfg = LSOConfig(budget=20, retrain_every=5, k=1e-3, optimizer="grid", batch_size=16)
+    res = lso.run(jax.random.key(3), toy, cfg, workdir=tmp_path, progress=False)
+    assert res.curves["top1"][-1] > toy.y.max()
+
+
+def test_gp_ei_optimizer_runs_through_the_loop(toy, tmp_path):
+    from wrjax.bo import BOConfig
+
+    bo = BOConfig(
+        num_inducing=16, n_best=40, n_random=40, cold_kernel_steps=10, cold_steps=20,
+        warm_steps=10, ascent_steps=20, num_restarts=6, num_random_starts=3,
+    )  # fmt: skip
+    cfg = LSOConfig(budget=4, retrain_every=2, optimizer="gp-ei", bo=bo, batch_size=16,
+                    finetune_steps=5)  # fmt: skip
+    res = lso.run(jax.random.key(5), toy, cfg, workdir=tmp_path, progress=False)
+    assert res.status == "complete"
+    assert sum(r["eval"] is not None for r in res.records) == 4
+    ok = [r for r in res.records if r["status"] == "ok"]
+    assert all(r["key"] not in set(toy.initial_keys) for r in ok)
+    assert len({r["key"] for r in ok}) == len(ok)
