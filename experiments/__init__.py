@@ -1,0 +1,1 @@
+"""Experiment scripts: run, ablation, plot, pretrain (``python -m experiments.run ...``)."""

@@ -1,0 +1,137 @@
+"""Run latent-space optimisation with weighted retraining on one task, over seeds.
+
+    python -m experiments.run TASK [--preset smoke|paper] [--k K] [--retrain-every R|none]
+                              [--budget B] [--seeds 0 1 2] [--workdir runs] [--optimizer ...]
+
+Each seed's run goes to ``WORKDIR/TASK/SETTING/seedN`` (records.jsonl, checkpoints/,
+summary.json); an existing run directory is resumed. At the end a TopK table is printed and
+a TopK-vs-evaluations plot is written to ``WORKDIR/TASK/SETTING/topk.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from experiments import tasks as registry
+from wrjax import metrics
+from wrjax.lso import LSOConfig, run
+
+_LSO_FIELDS = {f.name for f in dataclasses.fields(LSOConfig)}
+
+
+def setting_name(k: float, retrain_every: int | None) -> str:
+    """``k1e-03_r50``, ``kinf_rnever``: the directory of one ablation setting."""
+    kk = "inf" if math.isinf(k) else f"{k:.0e}"
+    return f"k{kk}_r{'never' if retrain_every is None else retrain_every}"
+
+
+def parse_retrain(value: str) -> int | None:
+    return None if value.lower() in ("none", "never", "inf") else int(value)
+
+
+def run_setting(task_name: str, preset: str, overrides: dict, seeds, workdir: Path,
+                *, progress: bool = True, task_cache: dict | None = None) -> list[dict]:
+    """Run one setting over seeds; returns the per-seed summaries."""
+    entry = registry.get(task_name)
+    if preset not in entry.presets:
+        raise SystemExit(f"task {task_name!r} has presets {sorted(entry.presets)}, not {preset!r}")
+    options = {**entry.presets[preset], **overrides}
+    options.pop("seeds", None)
+    cfg_fields = {k: v for k, v in options.items() if k in _LSO_FIELDS}
+    builder_opts = {k: v for k, v in options.items() if k not in _LSO_FIELDS}
+    name = setting_name(cfg_fields.get("k", 1e-3), cfg_fields.get("retrain_every"))
+    task_cache = {} if task_cache is None else task_cache
+    summaries = []
+    for seed in seeds:
+        config = LSOConfig(**cfg_fields, seed=int(seed))
+        cache_key = (task_name, preset, cfg_fields.get("k"))
+        if cache_key not in task_cache:
+            # The task's own randomness (e.g. pretraining) is fixed; only the run varies.
+            task_cache[cache_key] = entry.build(
+                jax.random.key(10_000), preset, k=cfg_fields.get("k"), **builder_opts
+            )
+        task = task_cache[cache_key]
+        out = workdir / task_name / name / f"seed{seed}"
+        t0 = time.time()
+        result = run(jax.random.key(int(seed)), task, config, workdir=out, progress=progress)
+        summary = dict(result.summary, seed=int(seed), setting=name, dir=str(out),
+                       wall_seconds=time.time() - t0)
+        summaries.append(summary)
+    return summaries
+
+
+def format_table(summaries: list[dict]) -> str:
+    """A markdown table: one row per setting, TopK as mean ± s.e. over seeds."""
+    by_setting: dict[str, list[dict]] = {}
+    for s in summaries:
+        by_setting.setdefault(s["setting"], []).append(s)
+    lines = ["| setting | seeds | Top1 | Top10 | Top50 | evaluations | discarded | time/seed (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, group in by_setting.items():
+        cells = []
+        for key in ("top1", "top10", "top50"):
+            vals = [g["final"][key] for g in group if g["final"].get(key) is not None]
+            if not vals:
+                cells.append("n/a")
+                continue
+            st = metrics.mean_and_stderr([np.array([v]) for v in vals])
+            cells.append(f"{st.mean[0]:.3g} ± {st.stderr[0]:.2g}")
+        n_eval = np.mean([g["num_evaluations"] for g in group])
+        disc = np.mean([g["counts"]["invalid"] + g["counts"]["duplicate"] for g in group])
+        secs = np.mean([g.get("wall_seconds", g["seconds"]) for g in group])
+        lines.append(f"| {name} | {len(group)} | {' | '.join(cells)} | {n_eval:.0f} | {disc:.0f} | {secs:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("task", choices=sorted(registry.REGISTRY))
+    ap.add_argument("--preset", default="smoke")
+    ap.add_argument("--k", type=float, help="rank-weighting k (inf = no weighting)")
+    ap.add_argument("--retrain-every", type=parse_retrain, default=argparse.SUPPRESS,
+                    help="evaluations between retrains, or 'none'")
+    ap.add_argument("--budget", type=int)
+    ap.add_argument("--optimizer", choices=["gp-ei", "grid"])
+    ap.add_argument("--seeds", type=int, nargs="+")
+    ap.add_argument("--workdir", type=Path, default=Path("runs"))
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-plot", action="store_true")
+    args = ap.parse_args(argv)
+
+    overrides = {}
+    if args.k is not None:
+        overrides["k"] = args.k
+    if hasattr(args, "retrain_every"):
+        overrides["retrain_every"] = args.retrain_every
+    if args.budget is not None:
+        overrides["budget"] = args.budget
+    if args.optimizer is not None:
+        overrides["optimizer"] = args.optimizer
+    preset = registry.get(args.task).presets.get(args.preset, {})
+    seeds = args.seeds if args.seeds is not None else preset.get("seeds", [0])
+    summaries = run_setting(args.task, args.preset, overrides, seeds, args.workdir,
+                            progress=not args.no_progress)
+    print()
+    print(format_table(summaries))
+    for s in summaries:
+        best = s["best"][0] if s["best"] else None
+        if best is not None:
+            print(f"seed {s['seed']}: best {best['score']:.4g} at evaluation {best['eval']}: {best['text'][:80]}")
+    if not args.no_plot:
+        from experiments.plot import plot_settings
+
+        setting_dir = Path(summaries[0]["dir"]).parent
+        out = setting_dir / "topk.png"
+        plot_settings([setting_dir], out, title=f"{args.task} ({args.preset})")
+        print(f"records: {setting_dir}/seed*/records.jsonl   plot: {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The task registry of the experiment scripts: name -> (task builder, presets).
+
+A preset is a dict of :class:`wrjax.lso.LSOConfig` fields plus ``seeds`` and the task
+builder's own options. ``smoke`` is a short run for checking that everything works;
+``paper`` follows the paper (budget 500, retrain every 50, k = 1e-3) and the authors'
+released settings (``../shared/AUTHORS-SETTINGS.md``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+
+class TaskEntry(NamedTuple):
+    build: Callable[..., Any]  # (key, preset_name, **options) -> wrjax.lso.Task
+    presets: dict[str, dict]
+
+
+def _toy(key, preset, **_):
+    from wrjax.tasks.toy import make_toy_task
+
+    return make_toy_task(key)
+
+
+def _shapes(key, preset, *, k=None, **_):
+    from wrjax.tasks.shapes_task import make_shapes_task
+
+    return make_shapes_task(key, "squares2d" if preset != "dsprites" else "dsprites", k=k)
+
+
+REGISTRY: dict[str, TaskEntry] = {
+    "toy": TaskEntry(
+        _toy,
+        {
+            "smoke": dict(budget=20, retrain_every=5, k=1e-3, optimizer="grid", batch_size=16, seeds=[0]),
+            "paper": dict(budget=60, retrain_every=10, k=1e-3, optimizer="grid", batch_size=16, seeds=[0, 1, 2]),
+        },
+    ),
+    "shapes": TaskEntry(
+        _shapes,
+        {
+            # The authors' released setup (squares2d): 0.1-epoch fine-tunes at batch 32, the
+            # first one 1 epoch, weighted *sampling*, the 50x50 grid optimiser.
+            "smoke": dict(budget=100, retrain_every=50, k=1e-3, optimizer="grid", batch_size=32,
+                          variance_reduction="sample", seeds=[0]),
+            "paper": dict(budget=500, retrain_every=50, k=1e-3, optimizer="grid", batch_size=32,
+                          variance_reduction="sample", seeds=[0, 1, 2, 3, 4]),
+        },
+    ),
+}
+
+
+def get(name: str) -> TaskEntry:
+    if name not in REGISTRY:
+        raise SystemExit(f"unknown task {name!r}; choose from {sorted(REGISTRY)}")
+    return REGISTRY[name]

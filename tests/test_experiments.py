@@ -1,0 +1,47 @@
+"""The experiment CLI and the ablation runner on the toy task: records, summaries, plots."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import ablation
+from experiments import run as run_cli
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("runs")
+
+
+def test_run_cli_writes_records_summary_and_plot(workdir, capsys):
+    run_cli.main(["toy", "--budget", "4", "--retrain-every", "2", "--seeds", "0", "1",
+                  "--workdir", str(workdir), "--no-progress"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "| k1e-03_r2 | 2 |" in out
+    setting = workdir / "toy" / "k1e-03_r2"
+    for seed in (0, 1):
+        records = [json.loads(line) for line in (setting / f"seed{seed}" / "records.jsonl").read_text().splitlines()]
+        assert sum(r["eval"] is not None for r in records) == 4
+        summary = json.loads((setting / f"seed{seed}" / "summary.json").read_text())
+        scores = [r["score"] for r in records if r["status"] == "ok"]
+        assert summary["final"]["top1"] == pytest.approx(max(scores))
+        assert summary["curves"]["top1"] == pytest.approx(np.maximum.accumulate(scores).tolist())
+        assert (setting / f"seed{seed}" / "checkpoints" / "cycle_000.msgpack").exists()
+    png = setting / "topk.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ablation_runs_the_four_settings(workdir):
+    ablation.main(["toy", "--preset", "smoke", "--budget", "3", "--retrain-every", "2",
+                   "--workdir", str(workdir / "abl"), "--no-progress"])  # fmt: skip
+    table = (workdir / "abl" / "toy" / "ablation.md").read_text()
+    for name in ("kinf_rnever", "kinf_r2", "k1e-03_rnever", "k1e-03_r2"):
+        assert f"| {name} | 1 |" in table
+    assert (workdir / "abl" / "toy" / "ablation_topk.png").stat().st_size > 1000
+
+
+def test_setting_names():
+    assert run_cli.setting_name(float("inf"), None) == "kinf_rnever"
+    assert run_cli.setting_name(1e-3, 50) == "k1e-03_r50"
+    assert run_cli.parse_retrain("none") is None and run_cli.parse_retrain("5") == 5
