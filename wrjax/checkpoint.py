@@ -52,7 +52,8 @@ def save_pytree(path: str | os.PathLike, tree: PyTree, metadata: dict[str, Any] 
     tree = jax.tree.map(_to_numpy, tree)
     blob_path, meta_path = _paths(path)
     atomic_write_bytes(blob_path, serialization.to_bytes(tree))
-    atomic_write_bytes(meta_path, json.dumps(metadata or {}, indent=2, default=str).encode())
+    text = json.dumps(_strict_json(metadata or {}), indent=2, default=str, allow_nan=False)
+    atomic_write_bytes(meta_path, text.encode())
 
 
 def load_pytree(path: str | os.PathLike, target: PyTree) -> PyTree:
@@ -72,6 +73,19 @@ def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON metadata saved beside a checkpoint."""
     _, meta_path = _paths(path)
     return json.loads(meta_path.read_text())
+
+
+def _strict_json(value):
+    """Standard JSON has no NaN/Infinity: write non-finite floats as strings ("inf")."""
+    if isinstance(value, dict):
+        return {str(k): _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    if isinstance(value, (float, np.floating)) and not np.isfinite(value):
+        return str(float(value))
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def _to_numpy(x):
