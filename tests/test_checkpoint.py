@@ -40,3 +40,10 @@ def test_files_are_msgpack_not_pickle(tmp_path):
 def test_missing_checkpoint_raises(tmp_path):
     with pytest.raises(FileNotFoundError):
         checkpoint.load_pytree(tmp_path / "nothing", {"a": np.ones(1)})
+
+
+def test_names_with_dots_are_kept(tmp_path):
+    checkpoint.save_pytree(tmp_path / "model-k_0.001", {"a": np.ones(2)}, {"k": 0.001})
+    assert (tmp_path / "model-k_0.001.msgpack").exists() and (tmp_path / "model-k_0.001.json").exists()
+    back = checkpoint.load_pytree(tmp_path / "model-k_0.001.msgpack", {"a": np.zeros(2)})
+    np.testing.assert_array_equal(back["a"], [1.0, 1.0])

@@ -41,7 +41,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     p = Path(path)
     stem = p.with_suffix("") if p.suffix in (".msgpack", ".json") else p
-    return stem.with_suffix(".msgpack"), stem.with_suffix(".json")
+    # Append, never replace: "model-k_0.001" must not become "model-k_0.msgpack".
+    return Path(f"{stem}.msgpack"), Path(f"{stem}.json")
 
 
 def save_pytree(path: str | os.PathLike, tree: PyTree, metadata: dict[str, Any] | None = None):
@@ -97,6 +98,8 @@ def _to_numpy(x):
 def _restore_like(value, like):
     if isinstance(like, jax.Array) and jax.dtypes.issubdtype(like.dtype, jax.dtypes.prng_key):
         return jax.random.wrap_key_data(jax.numpy.asarray(value))
-    if isinstance(like, (jax.Array, np.ndarray)):
+    if isinstance(like, np.ndarray):
+        return np.asarray(value, dtype=like.dtype)
+    if isinstance(like, jax.Array):
         return jax.numpy.asarray(value, dtype=like.dtype)
     return value
