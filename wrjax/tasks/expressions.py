@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from wrjax.data import shared_data_dir
 from wrjax import grammar as G
 from wrjax.resampling import duplicate_copies
 from wrjax.typing import PyTree
@@ -87,7 +88,7 @@ _F32 = jnp.float32
 
 #: where ``equation2_15_dataset.txt`` and ``scores_all.npz`` live (``WRJAX_EXPRESSIONS_DIR``
 #: overrides it).
-DATA_DIR = Path(os.environ.get("WRJAX_EXPRESSIONS_DIR", "/work/shared/data/expressions"))
+DATA_DIR = shared_data_dir("expressions", "WRJAX_EXPRESSIONS_DIR", must_exist=False)
 
 # Rule order = the columns of Kusner et al.'s one-hot data (eq2_grammar_dataset.h5).
 GRAMMAR = G.Grammar.from_string(
