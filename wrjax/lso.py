@@ -105,6 +105,8 @@ class Task:
       jax_objective: optional pure-JAX ``decoder output (B, ...) -> (B,)`` scores, for
         optimisers that score decodings for free (the shapes grid) and for compiled runs.
       grid: optional ``(G, D)`` latent grid for the ``"grid"`` optimiser.
+      seen_keys: optional further novelty keys that count as already seen without being in
+        the optimisation data (e.g. the rest of the model's training set).
     """
 
     name: str
@@ -124,6 +126,7 @@ class Task:
     latent_noise_std: float = 1.0
     jax_objective: Callable[[jax.Array], jax.Array] | None = None
     grid: np.ndarray | None = None
+    seen_keys: Sequence[str] = ()
 
     def text(self, obj) -> str:
         return (self.to_text or self.novelty_key)(obj)
@@ -511,7 +514,7 @@ def run(
 
     capacity = n0 + config.budget
     buffer = buf.buffer_from_data(task.x, y0, capacity)
-    seen: set[str] = set(task.initial_keys)
+    seen: set[str] = set(task.initial_keys) | set(task.seen_keys)
     known_scores: dict[str, float] = dict(zip(task.initial_keys, map(float, y0)))
     adam = optax.adam(config.learning_rate)
     step_fn = vae.make_train_step(

@@ -773,3 +773,75 @@ def machine_description() -> dict:
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# The task for the retraining loop
+# ---------------------------------------------------------------------------------------------
+
+#: Shipped pretrained models, one per k (``experiments/pretrain_expressions.py``).
+CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "expressions"
+
+
+def checkpoint_for_k(k: float | None) -> Path:
+    """The shipped checkpoint for rank-weighting ``k``: ``expr-k_1e-3`` for 1e-3, else ``expr-k_inf``.
+
+    The k = 1e-3 model is the k = inf model fine-tuned one epoch on the rank-weighted data
+    (the authors instead pretrained one model per k from scratch).
+    """
+    if k is not None and np.isfinite(k) and np.isclose(k, 1e-3):
+        return CHECKPOINT_DIR / "expr-k_1e-3"
+    return CHECKPOINT_DIR / "expr-k_inf"
+
+
+def make_expressions_task(
+    key: jax.Array,
+    *,
+    k: float | None = None,
+    num_initial: int = 5000,
+    checkpoint: str | os.PathLike | None = None,
+    target: str = DEFAULT_TARGET,
+    num_samples: int = 5,
+):
+    """The arithmetic-expression task (§6.2) as a :class:`wrjax.lso.Task`.
+
+    The optimisation data is a random ``num_initial`` of the 50,111 kept expressions (the
+    authors': 5,000), drawn with ``key``; novelty is checked against all 50,111 (the model's
+    training set) and the queried points. A decoding is valid when a majority-voted grammar
+    decode completes (``num_samples`` stochastic decodes, as the authors).
+    """
+    from wrjax.lso import Task
+
+    data = load_expressions()
+    n = len(data.expressions)
+    if not 0 < num_initial <= n:
+        raise ValueError(f"num_initial must be in (0, {n}], got {num_initial}")
+    idx = np.sort(np.asarray(jax.random.choice(key, n, (num_initial,), replace=False)))
+    model, params, _ = load_model(checkpoint or checkpoint_for_k(k))
+    if target == DEFAULT_TARGET:
+        y = np.asarray(data.scores[idx], np.float32)
+    else:
+        y = score_batch([data.expressions[i] for i in idx], target=target).astype(np.float32)
+    train_keys = [novelty_key(e) for e in data.expressions]
+
+    def decode(key, params, z):
+        return decode_expressions(key, params, z, num_samples=num_samples, model=model)
+
+    return Task(
+        name="expressions",
+        model=model,
+        params=params,
+        x=np.asarray(data.one_hot[idx], np.float32),
+        y=y,
+        initial_keys=[train_keys[i] for i in idx],
+        seen_keys=train_keys,  # every training expression counts as seen, not only the subset
+        decode=decode,
+        objective=lambda expr: score(expr, target=target),
+        to_data=lambda expr: expressions_to_one_hot([expr])[0].astype(np.float32),
+        novelty_key=novelty_key,
+        to_text=lambda expr: expr,
+        is_valid=lambda expr: bool(expr),
+        likelihood=log_likelihood,
+        beta=1.0 / model.latent_dim,
+        latent_noise_std=LATENT_NOISE_STD,
+    )
