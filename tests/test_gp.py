@@ -1,0 +1,373 @@
+"""Tests for wrjax.gp: the masked collapsed SGPR bound, its predictor, jitter, k-means, subsets.
+
+References are independent: exact GP algebra in NumPy float64, GPJax's own
+``collapsed_elbo``, SciPy's multivariate normal, and set properties computed with NumPy.
+"""
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from wrjax import gp
+from wrjax.precision import float64_scope
+
+
+def _params(rng, x_inducing, d, *, ls=0.8, var=1.3, noise=0.05):
+    """Raw SGPRParams with given constrained values (float64)."""
+    inv = lambda v: np.log(np.expm1(v))  # noqa: E731
+    return gp.SGPRParams(
+        inducing=jnp.asarray(x_inducing, jnp.float64),
+        raw_lengthscale=jnp.asarray(inv(ls * np.exp(0.2 * rng.standard_normal(d))), jnp.float64),
+        raw_variance=jnp.asarray(inv(var), jnp.float64),
+        raw_noise=jnp.asarray(inv(noise - gp.NOISE_FLOOR), jnp.float64),
+    )
+
+
+def _np_kernel(a, b, ls, var):
+    d = (a[:, None, :] - b[None, :, :]) / ls
+    return var * np.exp(-0.5 * np.sum(d * d, axis=-1))
+
+
+def _problem(rng, n=25, d=2):
+    x = rng.uniform(-2, 2, size=(n, d))
+    y = np.sin(2 * x[:, 0]) + 0.5 * x[:, 1] ** 2 + 0.1 * rng.standard_normal(n)
+    return x, y
+
+
+@float64_scope
+def _exact_posterior(params, data, xs):
+    """Exact GP posterior (latent f) in standardised units, NumPy float64."""
+    ls, var, noise = (np.asarray(v) for v in gp.constrain(params))
+    keep = np.asarray(data.mask)
+    x, y = np.asarray(data.x)[keep], np.asarray(data.y)[keep]
+    k = _np_kernel(x, x, ls, var) + noise * np.eye(len(x))
+    ks = _np_kernel(xs, x, ls, var)
+    mean = ks @ np.linalg.solve(k, y)
+    cov = var - np.sum(ks * np.linalg.solve(k, ks.T).T, axis=1)
+    return mean, cov
+
+
+def test_rbf_kernel_matches_numpy_and_gpjax(rng):
+    import gpjax as gpx
+
+    a, b = rng.standard_normal((7, 3)), rng.standard_normal((5, 3))
+    ls, var = np.array([0.5, 1.0, 2.0]), 1.7
+
+    @float64_scope
+    def run():
+        k = gp.rbf_kernel(jnp.asarray(a), jnp.asarray(b), jnp.asarray(ls), jnp.asarray(var))
+        kern = gpx.kernels.RBF(lengthscale=jnp.asarray(ls), variance=jnp.asarray(var))
+        return np.asarray(k), np.asarray(kern.cross_covariance(jnp.asarray(a), jnp.asarray(b)))
+
+    k, k_gpjax = run()
+    np.testing.assert_allclose(k, _np_kernel(a, b, ls, var), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(k, k_gpjax, rtol=1e-12, atol=1e-14)
+
+
+def test_sgpr_with_inducing_equal_to_inputs_is_the_exact_gp(rng):
+    # jitted here; the eager path of the same functions runs in the tests below
+    x, y = _problem(rng, n=20)
+    # padded buffer: 6 extra rows of garbage that the mask must hide
+    xp = np.concatenate([x, 50 * rng.standard_normal((6, 2))])
+    yp = np.concatenate([y, 1e3 * rng.standard_normal(6)])
+    mask = np.arange(26) < 20
+    xq = rng.uniform(-2.5, 2.5, size=(9, 2))
+
+    @float64_scope
+    def run():
+        data = gp.make_data(xp, yp, mask)
+        params = _params(rng, x, 2)
+        build = jax.jit(gp.build_predictor, static_argnames="jitter")
+        pred = build(params, data, jitter=1e-13)
+        mean, var = gp.predict(pred, xq)
+        return data, params, np.asarray(mean), np.asarray(var)
+
+    data, params, mean, var = run()
+    ref_mean, ref_var = _exact_posterior(params, data, xq)
+    y_mean, y_std = float(data.y_mean), float(data.y_std)
+    # standardisation by the valid rows only, then mapped back
+    np.testing.assert_allclose([y_mean, y_std], [y.mean(), y.std()], rtol=1e-12)
+    np.testing.assert_allclose(mean, ref_mean * y_std + y_mean, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(var, ref_var * y_std**2, rtol=0, atol=1e-6)
+
+
+def test_masked_bound_matches_gpjax_collapsed_elbo(rng):
+    # jitted here; test_masked_rows_contribute_nothing runs the bound eagerly
+    import gpjax as gpx
+
+    x, y = _problem(rng, n=30, d=3)
+    z = rng.uniform(-2, 2, size=(8, 3))
+    mask = np.ones(30, bool)
+
+    @float64_scope
+    def run():
+        data = gp.make_data(x, y, mask)
+        params = _params(rng, z, 3)
+        ours = float(jax.jit(gp.collapsed_elbo)(params, data))
+        q, dataset = gp.to_gpjax(params, data)
+        theirs = float(jax.jit(gpx.objectives.collapsed_elbo)(q, dataset))
+        return ours, theirs
+
+    ours, theirs = run()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-9)
+
+
+def test_masked_rows_contribute_nothing(rng):
+    x, y = _problem(rng, n=30, d=3)
+    z = rng.uniform(-2, 2, size=(8, 3))
+    xp = np.concatenate([x[:10], 100 * rng.standard_normal((5, 3)), x[10:]])
+    yp = np.concatenate([y[:10], 1e6 * rng.standard_normal(5), y[10:]])
+    mask = np.ones(35, bool)
+    mask[10:15] = False
+
+    @float64_scope
+    def run():
+        params = _params(rng, z, 3)
+        full = gp.collapsed_elbo(params, gp.make_data(x, y, np.ones(30, bool)))
+        padded = gp.collapsed_elbo(params, gp.make_data(xp, yp, mask))
+        return float(full), float(padded)
+
+    full, padded = run()
+    np.testing.assert_allclose(padded, full, rtol=1e-12)
+
+
+def test_exact_log_marginal_likelihood_matches_scipy(rng):
+    x, y = _problem(rng, n=15)
+    mask = np.ones(15, bool)
+    mask[3] = False
+
+    @float64_scope
+    def run():
+        data = gp.make_data(x, y, mask)
+        params = _params(rng, x[:4], 2)
+        consts = [np.asarray(v) for v in gp.constrain(params)]
+        return data, consts, float(gp.exact_log_marginal_likelihood(params, data))
+
+    data, (ls, var, noise), lml = run()
+    xv, yv = x[mask], np.asarray(data.y)[mask]
+    cov = _np_kernel(xv, xv, ls, var) + noise * np.eye(len(xv))
+    ref = scipy.stats.multivariate_normal(np.zeros(len(xv)), cov).logpdf(yv)
+    np.testing.assert_allclose(lml, ref, rtol=1e-10)
+
+
+def test_collapsed_bound_never_exceeds_exact_evidence_and_is_tight_at_z_equal_x(rng):
+    x, y = _problem(rng, n=20)
+    mask = np.ones(20, bool)
+    mask[-3:] = False
+    elbo = jax.jit(gp.collapsed_elbo, static_argnames="jitter")
+    exact = jax.jit(gp.exact_log_marginal_likelihood)
+
+    @float64_scope
+    def run():
+        data = gp.make_data(x, y, mask)
+        gaps = []
+        for trial in range(6):
+            z = rng.uniform(-2, 2, size=(5, 2))
+            params = _params(rng, z, 2, ls=0.3 + 0.4 * trial, noise=0.01 + 0.1 * trial)
+            gaps.append(float(exact(params, data) - elbo(params, data)))
+        tight = _params(rng, x[:17], 2)
+        gap_tight = float(exact(tight, data) - elbo(tight, data, jitter=1e-13))
+        return np.array(gaps), gap_tight
+
+    gaps, gap_tight = run()
+    assert np.all(gaps >= -1e-9), gaps
+    assert gaps.max() > 1e-3  # the bound is not trivially tight with few inducing points
+    np.testing.assert_allclose(gap_tight, 0.0, atol=1e-6)
+
+
+def test_bound_gradient_matches_finite_differences(rng):
+    # the bound uses a hand-written gradient for K K^T: check the whole gradient numerically
+    x, y = _problem(rng, n=20)
+    mask = np.ones(20, bool)
+    mask[-2:] = False
+
+    @float64_scope
+    def run():
+        data = gp.make_data(x, y, mask)
+        params = _params(rng, rng.uniform(-2, 2, size=(5, 2)), 2)
+        f = jax.jit(gp.collapsed_elbo)
+        grad = jax.jit(jax.grad(gp.collapsed_elbo))(params, data)
+        flat, unravel = jax.flatten_util.ravel_pytree(params)
+        g = np.asarray(jax.flatten_util.ravel_pytree(grad)[0])
+        fd = []
+        for i in range(flat.shape[0]):
+            e = np.zeros(flat.shape[0])
+            e[i] = 1e-6
+            up = float(f(unravel(flat + jnp.asarray(e)), data))
+            down = float(f(unravel(flat - jnp.asarray(e)), data))
+            fd.append((up - down) / 2e-6)
+        return g, np.array(fd)
+
+    g, fd = run()
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-5)
+
+
+def test_safe_cholesky_adds_jitter_progressively_and_reports_it(rng):
+    a = rng.standard_normal((6, 3))
+
+    @float64_scope
+    def run():
+        good = jnp.asarray(a @ a.T + 6 * np.eye(6))
+        l_good, j_good = gp.safe_cholesky(good, 1e-6)
+        # rank 3 and slightly indefinite: plain Cholesky fails
+        bad = jnp.asarray(a @ a.T - 1e-4 * np.eye(6))
+        plain = jnp.linalg.cholesky(bad)
+        l_bad, j_bad = jax.jit(gp.safe_cholesky)(bad, 1e-6)
+        return good, l_good, float(j_good), bad, np.asarray(plain), np.asarray(l_bad), float(j_bad)
+
+    good, l_good, j_good, bad, plain, l_bad, j_bad = run()
+    mean_diag = float(np.mean(np.diag(np.asarray(good))))
+    np.testing.assert_allclose(j_good, 1e-6 * mean_diag, rtol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(l_good) @ np.asarray(l_good).T, np.asarray(good) + j_good * np.eye(6), rtol=1e-12
+    )
+    assert not np.all(np.isfinite(plain))
+    assert np.all(np.isfinite(l_bad))
+    assert j_bad > 1e-4  # had to grow past the negative eigenvalue
+    np.testing.assert_allclose(l_bad @ l_bad.T, np.asarray(bad) + j_bad * np.eye(6), rtol=1e-10, atol=1e-12)
+
+
+def test_bound_and_gradient_finite_with_duplicate_inducing_points(rng):
+    x, y = _problem(rng, n=20)
+    z = np.concatenate([x[:5], x[:5]])  # duplicates: Kzz singular
+
+    @float64_scope
+    def run():
+        data = gp.make_data(x, y, np.ones(20, bool))
+        params = _params(rng, z, 2)
+        vg = jax.jit(jax.value_and_grad(gp.collapsed_elbo), static_argnames="jitter")
+        val, grad = vg(params, data, jitter=0.0)
+        return float(val), jax.tree.leaves(grad)
+
+    val, grad = run()
+    assert np.isfinite(val)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in grad)
+
+
+def test_kmeans_recovers_separated_clusters_and_ignores_masked_rows(key, rng):
+    centres = np.array([[-5.0, 0.0], [5.0, 0.0], [0.0, 6.0]])
+    labels = rng.integers(0, 3, size=150)
+    x = centres[labels] + 0.3 * rng.standard_normal((150, 2))
+    x = np.concatenate([x, np.full((20, 2), 1e4)])  # masked outliers far away
+    mask = np.arange(170) < 150
+
+    found = np.asarray(gp.kmeans(key, x, mask, num_clusters=3, num_iters=10))
+    # match each true centre with its nearest found centre; compare with the cluster means
+    means = np.stack([x[:150][labels == k].mean(0) for k in range(3)])
+    order = np.argmin(np.linalg.norm(means[:, None] - found[None], axis=-1), axis=1)
+    assert sorted(order.tolist()) == [0, 1, 2]
+    np.testing.assert_allclose(found[order], means, atol=1e-8)
+
+
+def test_select_subset_best_random_and_forced_points(key, rng):
+    c = 200
+    y = rng.standard_normal(c)
+    mask = rng.uniform(size=c) < 0.8
+    include = np.zeros(c, bool)
+    include[[5, 6, 7]] = True
+    mask[[5, 6, 7]] = True
+    sub = gp.select_subset(key, y, mask, n_best=20, n_random=50, include=include, n_include=4)
+    idx, m = np.asarray(sub.index), np.asarray(sub.mask)
+    assert idx.shape == (74,) and m.shape == (74,)
+    chosen = idx[m]
+    assert len(set(chosen.tolist())) == len(chosen)  # disjoint groups, no repeats
+    assert mask[chosen].all()
+    valid = np.flatnonzero(mask)
+    best = valid[np.argsort(-y[valid])[:20]]
+    assert set(best.tolist()) <= set(chosen.tolist())
+    assert {5, 6, 7} <= set(chosen.tolist())
+    # 20 best + 3 forced (the 4th forced slot is padding unless a forced point was a best one)
+    assert m.sum() == 20 + len({5, 6, 7} - set(best.tolist())) + 50
+
+
+def test_select_subset_pads_when_the_buffer_is_small(key, rng):
+    y = rng.standard_normal(30)
+    mask = np.zeros(30, bool)
+    mask[:12] = True
+    sub = gp.select_subset(key, y, mask, n_best=5, n_random=20)
+    idx, m = np.asarray(sub.index), np.asarray(sub.mask)
+    assert idx.shape == (25,)
+    assert m.sum() == 12
+    assert sorted(idx[m].tolist()) == list(range(12))
+
+
+def test_select_subset_rejects_bad_input(key):
+    with pytest.raises(ValueError, match="no valid point"):
+        gp.select_subset(key, np.zeros(5), np.zeros(5, bool), n_best=2, n_random=2)
+    with pytest.raises(ValueError, match="finite"):
+        gp.select_subset(key, np.array([0.0, np.nan]), np.ones(2, bool), n_best=1, n_random=1)
+    with pytest.raises(ValueError, match="non-negative"):
+        gp.select_subset(key, np.zeros(5), np.ones(5, bool), n_best=-1, n_random=2)
+
+
+def test_fit_increases_the_bound_and_skips_non_finite_steps(key, rng):
+    # (the L-BFGS path is exercised end to end in test_bo.py)
+    method = "adam"
+    x, y = _problem(rng, n=40)
+
+    @float64_scope
+    def run():
+        data = gp.make_data(x, y, np.ones(40, bool))
+        params = gp.init_params(key, data, num_inducing=6)
+        opt = gp.make_optimizer(0.05, method=method)
+        fit = jax.jit(gp.fit, static_argnames=("optimizer", "num_steps", "jitter"))
+        new, _, info = fit(params, opt.init(params), data, optimizer=opt, num_steps=8)
+        start = float(gp.collapsed_elbo(params, data))
+        # a NaN parameter: every step must be skipped and the parameters kept as they were
+        broken = params._replace(raw_noise=jnp.asarray(np.nan, jnp.float64))
+        same, _, info_nan = fit(broken, opt.init(broken), data, optimizer=opt, num_steps=8)
+        return start, info, broken, same, info_nan
+
+    start, info, broken, same, info_nan = run()
+    assert float(info.elbo) > start + 1.0
+    np.testing.assert_allclose(float(info.loss[0]), -start, rtol=1e-12)
+    assert int(info.skipped) == 0
+    assert int(info_nan.skipped) == 8
+    for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(broken)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_add_observation_equals_refitting_with_the_point(rng):
+    x, y = _problem(rng, n=25)
+    z = rng.uniform(-2, 2, size=(7, 2))
+    x_new, y_new = np.array([0.3, -0.7]), 1.234
+    mask = np.ones(26, bool)
+    mask[-1] = False
+    xp = np.concatenate([x, x_new[None]])
+    yp = np.concatenate([y, [y_new]])
+    xq = rng.uniform(-2, 2, size=(5, 2))
+
+    @float64_scope
+    def run():
+        params = _params(rng, z, 2)
+        data = gp.make_data(xp, yp, mask)
+        pred = gp.add_observation(gp.build_predictor(params, data), x_new, y_new)
+        # the reference: same scaling, the point included as data
+        full = gp.make_data(xp, yp, np.ones(26, bool))._replace(y_mean=data.y_mean, y_std=data.y_std)
+        full = full._replace(y=(jnp.asarray(yp) - data.y_mean) / data.y_std)
+        ref = gp.build_predictor(params, full)
+        return [np.asarray(v) for v in (*gp.predict(pred, xq), *gp.predict(ref, xq))]
+
+    m1, v1, m2, v2 = run()
+    np.testing.assert_allclose(m1, m2, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(v1, v2, rtol=1e-9, atol=1e-10)
+
+
+def test_make_data_rejects_bad_input():
+    with pytest.raises(ValueError, match="2-D"):
+        gp.make_data(np.zeros(3), np.zeros(3), np.ones(3, bool))
+    with pytest.raises(ValueError, match="finite"):
+        gp.make_data(np.array([[np.nan], [0.0]]), np.zeros(2), np.ones(2, bool))
+    with pytest.raises(ValueError, match="no valid point"):
+        gp.make_data(np.zeros((2, 1)), np.zeros(2), np.zeros(2, bool))
+
+
+def test_float64_does_not_leak_out_of_the_scope(rng):
+    x, y = _problem(rng, n=10)
+    data = gp.make_data(x, y, np.ones(10, bool))
+    assert data.x.dtype == jnp.float64
+    assert not jax.config.jax_enable_x64
+    assert jnp.zeros(2).dtype == jnp.float32
