@@ -28,6 +28,18 @@ def _shapes(key, preset, *, k=None, **_):
     return make_shapes_task(key, "squares2d" if preset != "dsprites" else "dsprites", k=k)
 
 
+def _expressions(key, preset, *, k=None, num_initial=5000, **_):
+    from wrjax.tasks.expressions import make_expressions_task
+
+    return make_expressions_task(key, k=k, num_initial=num_initial)
+
+
+# The authors' expressions fine-tune: 1 epoch of the 5,000 points at batch 600 (about 9
+# steps), a fresh Adam each retrain, on the duplicated data (A.2).
+_EXPR = dict(optimizer="gp-ei", batch_size=600, finetune_epochs=1.0, initial_finetune_epochs=0.0,
+             reset_optimizer=True, variance_reduction="duplicate")
+
+
 REGISTRY: dict[str, TaskEntry] = {
     "toy": TaskEntry(
         _toy,
@@ -45,6 +57,13 @@ REGISTRY: dict[str, TaskEntry] = {
                           variance_reduction="sample", seeds=[0]),
             "paper": dict(budget=500, retrain_every=50, k=1e-3, optimizer="grid", batch_size=32,
                           variance_reduction="sample", seeds=[0, 1, 2, 3, 4]),
+        },
+    ),
+    "expressions": TaskEntry(
+        _expressions,
+        {
+            "smoke": dict(_EXPR, budget=10, retrain_every=5, k=1e-3, seeds=[0]),
+            "paper": dict(_EXPR, budget=500, retrain_every=50, k=1e-3, seeds=[0, 1, 2]),
         },
     ),
 }
