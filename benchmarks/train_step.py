@@ -7,7 +7,12 @@ Compares, in one run on the same model and data:
   * ``wrjax.fit``: the same step scanned ``lax.scan`` over a plan of minibatches gathered on
     the device, per step, against calling the jitted step from a Python loop.
 
-Run:  python benchmarks/train_step.py [--repeats 7] [--steps 50] [--write]
+Models: ``squares2d`` (default; the shapes task's VAE, ``wrjax.tasks.shapes.make_model``, whose
+convolutions avoid XLA:CPU's slow conv-gradient path) or ``small`` (the plain flax conv VAE
+below, which hits it: XLA:CPU computes conv weight gradients far slower inside ``lax.scan``
+than in a standalone jitted step, jax issue 12868).
+
+Run:  python benchmarks/train_step.py [--model squares2d|small] [--repeats 7] [--steps 50]
 """
 
 from __future__ import annotations
@@ -67,15 +72,21 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--steps", type=int, default=50, help="steps per timed call")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--write", action="store_true", help="print a RESULTS.md section")
+    ap.add_argument("--model", choices=["squares2d", "small"], default="squares2d")
     args = ap.parse_args()
 
     key = jax.random.key(0)
     n = 1024
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.random((n, 64, 64)) < 0.2, jnp.uint8)
-    model = SmallConvVAE()
-    params = model.init(key, x[:1])["params"]
+    if args.model == "small":
+        model = SmallConvVAE()
+        params = model.init(key, x[:1])["params"]
+    else:
+        from wrjax.tasks import shapes
+
+        model = shapes.make_model("squares2d")
+        params = shapes.init_params(key, model)
     opt = optax.adam(1e-3)
     state = wrjax.init_train_state(params, opt)
     w = wrjax.rank_weights(jnp.asarray(rng.normal(size=n), jnp.float32), 1e-3)
@@ -135,7 +146,7 @@ def main():
         "|---|---|---|",
         *[f"| {name} | {ms:.2f} | {r:.2f} |" for name, ms, r in rows],
     ]
-    print(f"machine: {machine}; batch {args.batch}, {args.steps} steps/call, median of {args.repeats}")
+    print(f"machine: {machine}; model {args.model}; batch {args.batch}, {args.steps} steps/call, median of {args.repeats}")
     print("\n".join(lines))
 
 
