@@ -45,3 +45,17 @@ def test_setting_names():
     assert run_cli.setting_name(float("inf"), None) == "kinf_rnever"
     assert run_cli.setting_name(1e-3, 50) == "k1e-03_r50"
     assert run_cli.parse_retrain("none") is None and run_cli.parse_retrain("5") == 5
+
+
+def test_shapes_prior_areas_grow_as_k_falls(tmp_path, capsys):
+    """The paper's Fig. 3 (right) on the shipped checkpoints: lower k, larger prior shapes."""
+    from experiments import shapes_prior
+
+    shapes_prior.main(["--num-samples", "200", "--out", str(tmp_path)])
+    rows = [line.split("|") for line in (tmp_path / "prior_areas.md").read_text().splitlines()
+            if line.startswith("| k = ")]  # fmt: skip
+    ks = [float(r[1].split("=")[1]) for r in rows]
+    means = [float(r[2]) for r in rows]
+    assert ks == sorted(ks, reverse=True) and len(ks) == 4  # inf, 0.1, 1e-3, 1e-5
+    assert all(a < b for a, b in zip(means, means[1:])), means
+    assert (tmp_path / "prior_areas.png").stat().st_size > 0
