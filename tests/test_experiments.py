@@ -59,3 +59,21 @@ def test_shapes_prior_areas_grow_as_k_falls(tmp_path, capsys):
     assert ks == sorted(ks, reverse=True) and len(ks) == 4  # inf, 0.1, 1e-3, 1e-5
     assert all(a < b for a, b in zip(means, means[1:])), means
     assert (tmp_path / "prior_areas.png").stat().st_size > 0
+
+
+def test_chem_report_ranks_unique_molecules_with_heavy_atoms(tmp_path, capsys):
+    from experiments import chem_report
+
+    def rec(text, score, status="ok"):
+        return json.dumps({"status": status, "text": text, "key": text, "score": score})
+
+    runs = tmp_path / "runs"
+    for seed, lines in {"seed0": [rec("CCO", 1.0), rec("c1ccccc1", 3.0), rec("C1CC", None, "invalid")],
+                        "seed1": [rec("CCO", 1.0), rec("CCCCCC", 2.0)]}.items():  # fmt: skip
+        (runs / "k1e-03_r50" / seed).mkdir(parents=True)
+        (runs / "k1e-03_r50" / seed / "records.jsonl").write_text("\n".join(lines) + "\n")
+    chem_report.main(["--runs", str(runs), "--out", str(tmp_path / "out")])
+    table = (tmp_path / "out" / "top3.md").read_text()
+    # Benzene 6 heavy atoms, hexane 6, ethanol 3; CCO counted once although found twice.
+    assert "| k1e-03_r50 | 2 | 3.00 (6) | 2.00 (6) | 1.00 (3) | 3.00, 2.00 |" in table
+    assert (tmp_path / "out" / "best_molecules.png").read_bytes()[:4] == b"\x89PNG"
