@@ -2,16 +2,20 @@
 
     python -m experiments.ablation TASK [--preset paper] [--k 1e-3] [--retrain-every 50]
                                    [--extra-k 1e-5] [--seeds 0 1 2] [--workdir runs]
+                                   [--report-only]
 
 Settings (§6): k = inf & never (plain LSO), k = inf & every R (retraining only),
 k = K & never (weighting only), k = K & every R (weighted retraining); ``--extra-k`` adds
 weighted-retraining settings with other k. Writes ``WORKDIR/TASK/ablation.md`` (the table)
-and ``WORKDIR/TASK/ablation_topk.png`` (TopK curves, mean ± s.e.).
+and ``WORKDIR/TASK/ablation_topk.png`` (TopK curves, mean ± s.e.). ``--report-only`` runs
+nothing and redraws both from the seeds already finished (e.g. settings run in parallel with
+``experiments.run``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
 
@@ -25,6 +29,18 @@ def ablation_settings(k: float, retrain_every: int, extra_k=()) -> list[tuple[fl
     return settings + [(kk, retrain_every) for kk in extra_k]
 
 
+def read_summaries(setting_dir: Path, name: str, seeds) -> list[dict]:
+    """The finished seeds' ``summary.json`` of one setting (missing seeds are reported)."""
+    out = []
+    for seed in seeds:
+        path = setting_dir / f"seed{seed}" / "summary.json"
+        if not path.exists():
+            print(f"missing: {path}")
+            continue
+        out.append(dict(json.loads(path.read_text()), seed=int(seed), setting=name, dir=str(path.parent)))
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("task", choices=sorted(registry.REGISTRY))
@@ -36,6 +52,8 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--workdir", type=Path, default=Path("runs"))
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: tabulate and plot the seeds' summary.json files already in WORKDIR")
     args = ap.parse_args(argv)
 
     preset = registry.get(args.task).presets[args.preset]
@@ -46,7 +64,12 @@ def main(argv=None):
     summaries, dirs = [], []
     cache: dict = {}
     for kk, rr in ablation_settings(k, r, args.extra_k):
-        print(f"== {setting_name(kk, rr)} ==", flush=True)
+        name = setting_name(kk, rr)
+        if args.report_only:
+            summaries += read_summaries(args.workdir / args.task / name, name, seeds)
+            dirs.append(args.workdir / args.task / name)
+            continue
+        print(f"== {name} ==", flush=True)
         summaries += run_setting(args.task, args.preset, {"k": kk, "retrain_every": rr, **extra},
                                  seeds, args.workdir, progress=not args.no_progress, task_cache=cache)
         dirs.append(args.workdir / args.task / setting_name(kk, rr))
