@@ -225,5 +225,11 @@ def make_compiled_run(model, grid: np.ndarray, images: np.ndarray, areas: np.nda
 
 
 def make_seeds_run(run_fn):
-    """Several seeds in one compiled program: ``jit(vmap(run_fn))(keys (S,), params)``."""
+    """Several seeds in one compiled program: ``jit(vmap(run_fn))(keys (S,), params)``.
+
+    Measured on a 2-core CPU (``benchmarks/RESULTS.md``, ``## shapes_seeds``): 4.7x *slower*
+    than ``jit(run_fn)`` seed after seed, because once the seeds' parameters differ, vmap
+    batches the convolution kernels, which XLA:CPU runs slowly. Meant for accelerators; on
+    CPU run the seeds one after another.
+    """
     return jax.jit(jax.vmap(run_fn, in_axes=(0, None)))
