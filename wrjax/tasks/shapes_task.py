@@ -7,7 +7,7 @@ Two ways to run the paper's shapes experiment (§6.1) on the same pieces
   checkpoints, resume, the experiment CLI (``python -m experiments.run shapes``).
 * :func:`make_compiled_run` builds the *whole run* (weights, fine-tuning, grid search,
   appending the queried images) as one jitted function of a PRNG key, possible because the
-  objective (the area) is pure JAX. :func:`run_seeds` vmaps it over seeds: several runs in
+  objective (the area) is pure JAX. :func:`make_seeds_run` vmaps it over seeds: several runs in
   one compiled program.
 
 Both follow the authors' released shapes code: a 1-epoch weighted fine-tune before the
