@@ -6,7 +6,14 @@ can be encoded later by the optimiser); the model trains on all of it or on a ra
 
 Examples::
 
-    # the shipped CPU default (checkpoints/chem/selfies_vae_cpu)
+    # the reconstructing model (checkpoints/chem/selfies_gru_vae): resumable, run it again
+    # with the same arguments to continue from its training state after an interruption
+    python experiments/pretrain_chem.py --preset gru --epochs 20 --batch-size 128 \
+        --lr 1e-3 --beta 0.1 --warmup-steps 4000 --free-bits 0.1
+    # write the evaluated checkpoint from the latest training state without training more
+    python experiments/pretrain_chem.py --preset gru --epochs 20 --finalize
+    # the first CPU model (checkpoints/chem/selfies_vae_cpu; parallel decoder, 0% exact
+    # reconstruction, kept for its recorded results)
     python experiments/pretrain_chem.py --preset cpu --num-steps 4000 --batch-size 128
     # the larger model, for an accelerator (the authors: 30 epochs, batch 32, lr 7e-4)
     python experiments/pretrain_chem.py --preset accelerator --epochs 30 --batch-size 32 \\
@@ -20,6 +27,7 @@ validity / uniqueness / novelty of prior samples and their score distribution vs
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -32,11 +40,14 @@ import jax
 import numpy as np
 import selfies as sf
 
+from wrjax.checkpoint import load_metadata, load_pytree, save_pytree
 from wrjax.tasks import chem
 from wrjax.tasks import chem_model as cm
+from wrjax.vae import init_train_state
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "checkpoints" / "chem"
-PRESETS = {"cpu": cm.cpu_config, "accelerator": cm.accelerator_config}
+PRESETS = {"cpu": cm.cpu_config, "gru": cm.gru_config, "accelerator": cm.accelerator_config}
+DEFAULT_NAMES = {"cpu": "selfies_vae_cpu", "gru": "selfies_gru_vae", "accelerator": "selfies_vae_accelerator"}
 
 
 def parse_args(argv):
@@ -54,13 +65,25 @@ def parse_args(argv):
     p.add_argument("--num-train", type=int, default=None, help="random training subset")
     p.add_argument("--time-limit", type=float, default=None, help="seconds of training")
     p.add_argument("--chunk-steps", type=int, default=100)
+    p.add_argument("--free-bits", type=float, default=0.0, help="KL floor, nats per dimension")
+    p.add_argument(
+        "--checkpoint-every", type=float, default=300.0,
+        help="seconds between saves of the resumable training state OUT.train.*",
+    )
+    p.add_argument(
+        "--finalize", action="store_true",
+        help="no training: evaluate the latest training state and write the checkpoint",
+    )
+    p.add_argument(
+        "--fresh", action="store_true", help="ignore an existing training state (start over)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-eval", type=int, default=2000, help="held-out molecules")
     p.add_argument("--prior-samples", type=int, default=1000)
     p.add_argument("--processes", type=int, default=2)
     p.add_argument("--data-dir", type=Path, default=None)
     p.add_argument(
-        "--out", type=Path, default=None, help="default checkpoints/chem/selfies_vae_PRESET"
+        "--out", type=Path, default=None, help="default checkpoints/chem/<preset's name>"
     )
     args = p.parse_args(argv)
     if (args.num_steps is None) == (args.epochs is None):
@@ -85,7 +108,7 @@ def main(argv=None) -> dict:
     """Run one pretraining; returns the metadata written beside the checkpoint."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    out = args.out or DEFAULT_OUT / f"selfies_vae_{args.preset}"
+    out = args.out or DEFAULT_OUT / DEFAULT_NAMES[args.preset]
     t_start = time.perf_counter()
     key = jax.random.key(args.seed)
     train_key, prior_key = jax.random.split(key)
@@ -113,24 +136,55 @@ def main(argv=None) -> dict:
     t_data = time.perf_counter() - t_start
 
     t0 = time.perf_counter()
-    state, info = cm.pretrain(
-        train_key,
-        train_tokens,
-        config=config,
-        num_steps=steps,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        beta=args.beta,
-        warmup_steps=args.warmup_steps,
-        clip_norm=args.clip_norm,
-        lr_decay=args.lr_decay,
-        chunk_steps=args.chunk_steps,
-        time_limit_s=args.time_limit,
+    train_path = Path(f"{out}.train")
+    optimizer = cm.pretrain_optimizer(
+        args.lr, num_steps=steps, lr_decay=args.lr_decay, clip_norm=args.clip_norm
     )
-    train_seconds = time.perf_counter() - t0
+    state, info = None, None
+    if train_path.with_suffix(".train.msgpack").exists() and not args.fresh:
+        state, info, saved_args = load_training_state(train_path, config, optimizer)
+        changed = [
+            k for k in TRAINING_ARGS if saved_args.get(k) != vars(args).get(k)
+        ]
+        if changed:
+            raise SystemExit(
+                f"{train_path}.msgpack was trained with other {changed}; pass the same "
+                "arguments to resume, or --fresh to start over"
+            )
+        print(f"resuming from {train_path}.msgpack at step {int(state.step)}", flush=True)
+    elif args.finalize:
+        raise SystemExit(f"--finalize needs a training state at {train_path}.msgpack")
+    last_save = [time.perf_counter()]
+
+    def save_state(st, inf, force=False):
+        if force or time.perf_counter() - last_save[0] >= args.checkpoint_every:
+            save_training_state(train_path, st, inf, args, argv)
+            last_save[0] = time.perf_counter()
+
+    if not args.finalize:
+        state, info = cm.pretrain(
+            train_key,
+            train_tokens,
+            config=config,
+            num_steps=steps,
+            batch_size=args.batch_size,
+            learning_rate=args.lr,
+            beta=args.beta,
+            warmup_steps=args.warmup_steps,
+            clip_norm=args.clip_norm,
+            lr_decay=args.lr_decay,
+            chunk_steps=args.chunk_steps,
+            time_limit_s=args.time_limit,
+            free_bits=args.free_bits,
+            state=state,
+            info=info,
+            on_chunk=save_state,
+        )
+        save_state(state, info, force=True)
+    train_seconds = info.seconds[-1] if info.seconds else 0.0
     params = state.params
     model = cm.SelfiesVAE(config)
-    steps_done = info.step[-1]
+    steps_done = int(state.step)
 
     # Held-out reconstruction: the first --num-eval encodable molecules of the valid split.
     t0 = time.perf_counter()
@@ -165,6 +219,7 @@ def main(argv=None) -> dict:
     }
     meta = {
         "command": "python experiments/pretrain_chem.py " + shlex.join(argv),
+        "commands_of_training_sessions": info_commands(train_path, argv),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": {
             "platform": platform.platform(),
@@ -184,6 +239,7 @@ def main(argv=None) -> dict:
         "num_train": int(rows.size),
         "num_params": cm.num_params(params),
         "beta": args.beta,
+        "free_bits": args.free_bits,
         "learning_rate": args.lr,
         "score": {"floor": -6.0, "constants": "zinc250k"},
         "history": info._asdict(),
@@ -202,6 +258,48 @@ def main(argv=None) -> dict:
         f"(ZINC train {results['zinc_train_scores']['mean']:.2f})"
     )
     return meta
+
+
+#: Arguments that must not change between the sessions of one resumable training.
+TRAINING_ARGS = (
+    "preset", "max_len", "num_steps", "epochs", "batch_size", "lr", "lr_decay", "beta",
+    "warmup_steps", "clip_norm", "num_train", "chunk_steps", "seed", "free_bits",
+)
+
+
+def save_training_state(path: Path, state, info: cm.PretrainInfo, args, argv) -> None:
+    """Write the resumable training state (params, Adam moments, step, history) atomically."""
+    commands = info_commands(path, argv)
+    meta = {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "history": info._asdict(),
+        "step": int(state.step),
+        "commands": commands,
+    }
+    # The blob first, then the JSON: the JSON's step names a blob at least that new.
+    save_pytree(path.with_suffix(".train"), state, meta)
+
+
+def info_commands(path: Path, argv) -> list[str]:
+    """The commands of every session of this training so far (this one last)."""
+    cmd = "python experiments/pretrain_chem.py " + shlex.join(argv)
+    meta_path = Path(f"{path}.json")
+    old = json.loads(meta_path.read_text()).get("commands", []) if meta_path.exists() else []
+    return old if old and old[-1] == cmd else old + [cmd]
+
+
+def load_training_state(path: Path, config, optimizer):
+    """The state, history and arguments saved by :func:`save_training_state`."""
+    meta = load_metadata(path.with_suffix(".train"))
+    params = jax.eval_shape(lambda: cm.init_params(jax.random.key(0), config))
+    target = jax.eval_shape(lambda p: init_train_state(p, optimizer), params)
+    target = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), target)
+    state = load_pytree(path.with_suffix(".train"), target)
+    state = jax.tree.map(jax.numpy.asarray, state)
+    info = cm.PretrainInfo(**meta["history"])
+    if int(state.step) != meta["step"]:
+        raise SystemExit(f"{path}: state step {int(state.step)} != recorded {meta['step']}")
+    return state, info, meta["args"]
 
 
 if __name__ == "__main__":

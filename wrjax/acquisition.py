@@ -44,6 +44,7 @@ __all__ = [
     "data_bounds",
     "AcquisitionResult",
     "maximize_acquisition",
+    "maximize",
     "rank_distinct",
 ]
 
@@ -218,7 +219,7 @@ def _uniform_in_box(key, n, lower, upper):
     return lower[None, :] + u * (upper - lower)[None, :]
 
 
-def _maximize(
+def maximize(
     key,
     acq_fn,
     bounds,
@@ -229,6 +230,9 @@ def _maximize(
     learning_rate: float,
     min_distance: float,
 ):
+    """The unvalidated, traceable core of :func:`maximize_acquisition` (same arguments, all
+    keyword options required; ``bounds`` a ``(2, D)`` array, ``init_points`` an array or None).
+    For use inside a caller's own jitted program, such as a BO proposal step."""
     lower, upper = bounds[0], bounds[1]
     width = upper - lower
     value_fn = jax.vmap(acq_fn)
@@ -277,8 +281,9 @@ def _maximize(
     return AcquisitionResult(best_x[order], best_v[order], distinct, v_start[order])
 
 
+_maximize = maximize  # the old private name, kept for callers
 _maximize_jit = jax.jit(
-    _maximize,
+    maximize,
     static_argnames=("num_restarts", "num_steps", "learning_rate", "min_distance"),
 )
 

@@ -67,6 +67,7 @@ __all__ = [
     "build_predictor",
     "add_observation",
     "predict",
+    "predict_standardized",
     "to_gpjax",
 ]
 
@@ -747,7 +748,11 @@ def add_observation(pred: SGPRPredictor, x: ArrayLike, y: ArrayLike) -> SGPRPred
     )
 
 
-def _predict_standardized(pred: SGPRPredictor, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+def predict_standardized(pred: SGPRPredictor, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Posterior mean and variance of the latent ``f`` at ``x (B, D)`` in *standardised* units
+    (the units the predictor was fitted in): ``((B,), (B,))``. Pure and unvalidated, for use
+    inside jitted code (an acquisition function of one point calls it with ``x[None, :]``);
+    :func:`predict` is the validated, original-units version."""
     kzx = rbf_kernel(pred.inducing, x, pred.lengthscale, pred.variance)  # (M, B)
     mean = kzx.T @ pred.weights
     a = jsl.solve_triangular(pred.chol_kzz, kzx, lower=True)
@@ -771,9 +776,11 @@ def predict(pred: SGPRPredictor, x: ArrayLike) -> tuple[jax.Array, jax.Array]:
     x = jnp.asarray(x, _F64)
     if x.ndim != 2 or x.shape[1] != pred.inducing.shape[1]:
         raise ValueError(f"x must have shape (B, {pred.inducing.shape[1]}), got {x.shape}")
-    mean, var = _predict_standardized(pred, x)
+    mean, var = predict_standardized(pred, x)
     return mean * pred.y_std + pred.y_mean, var * pred.y_std**2
 
+
+_predict_standardized = predict_standardized  # the old private name, kept for callers
 
 # --------------------------------------------------------------------------------------------
 # GPJax interoperability

@@ -4,7 +4,10 @@ A model is any ``flax.linen.Module`` with two methods over a batch:
 
 * ``encode(x) -> (mean, logvar)``, each ``(B, D)``: the Gaussian posterior q(z|x);
 * ``decode(z) -> logits``: parameters of p(x|z) for ``z (B, D)``; the likelihood function
-  turns ``(logits, x)`` into ``log p(x|z)`` per example.
+  turns ``(logits, x)`` into ``log p(x|z)`` per example;
+* optionally ``decode_train(z, x) -> logits``: the training-time parameters of p(x|z) when
+  they depend on ``x`` itself (teacher forcing of an autoregressive decoder); the ELBO uses it
+  in place of ``decode`` when the model has it.
 
 Training follows optax/blackjax: :func:`make_train_step` captures the model, optimiser and
 hyperparameters and returns a pure ``step(key, state, batch, loss_weights)``; :func:`fit`
@@ -31,6 +34,7 @@ __all__ = [
     "bernoulli_log_likelihood",
     "categorical_log_likelihood",
     "gaussian_kl",
+    "free_bits_kl",
     "ElboTerms",
     "elbo_terms",
     "weighted_elbo_loss",
@@ -111,6 +115,14 @@ def decode_logits(model: nn.Module, params: PyTree, z: jax.Array) -> Any:
     return model.apply({"params": params}, z, method=model.decode)
 
 
+def free_bits_kl(mean: jax.Array, logvar: jax.Array, free_bits: float) -> jax.Array:
+    """``sum_d max(KL_d, free_bits)``, ``(B, D) -> (B,)``: the KL term with a floor per
+    dimension (Kingma et al. 2016), so that no latent dimension is pushed all the way to the
+    prior; ``free_bits = 0`` is the plain KL. The gradient is zero below the floor."""
+    kl_d = 0.5 * (jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar)
+    return jnp.sum(jnp.maximum(kl_d, free_bits), axis=-1)
+
+
 def elbo_terms(
     key: jax.Array,
     params: PyTree,
@@ -120,6 +132,7 @@ def elbo_terms(
     beta: float | jax.Array = 1.0,
     likelihood: Likelihood = bernoulli_log_likelihood,
     latent_noise_std: float = 1.0,
+    free_bits: float = 0.0,
 ) -> ElboTerms:
     """Single-sample reparameterised ELBO per example: ``log p(x|z) - beta KL(q(z|x) || p(z))``.
 
@@ -132,14 +145,20 @@ def elbo_terms(
       likelihood: ``(logits, x) -> (B,)`` log-likelihood.
       latent_noise_std: scale of the reparameterisation noise; 1 is the standard ELBO (the
         Keras grammar VAE of Kusner et al. used 0.01).
+      free_bits: nats per latent dimension below which the KL is not penalised
+        (:func:`free_bits_kl`); ``elbo`` uses the floored KL, ``kl`` reports the true one.
     """
     mean, logvar = model.apply({"params": params}, x, method=model.encode)
     eps = latent_noise_std * jax.random.normal(key, mean.shape, _F32)
     z = mean + jnp.exp(0.5 * logvar) * eps
-    logits = model.apply({"params": params}, z, method=model.decode)
+    if hasattr(model, "decode_train"):
+        logits = model.apply({"params": params}, z, x, method=model.decode_train)
+    else:
+        logits = model.apply({"params": params}, z, method=model.decode)
     log_lik = likelihood(logits, x)
     kl = gaussian_kl(mean, logvar)
-    return ElboTerms(log_lik - beta * kl, log_lik, kl)
+    penalised = kl if free_bits == 0 else free_bits_kl(mean, logvar, free_bits)
+    return ElboTerms(log_lik - beta * penalised, log_lik, kl)
 
 
 def weighted_elbo_loss(neg_elbo: jax.Array, loss_weights: jax.Array) -> jax.Array:
@@ -183,6 +202,7 @@ def make_train_step(
     beta: float | Callable[[jax.Array], jax.Array] = 1.0,
     likelihood: Likelihood = bernoulli_log_likelihood,
     latent_noise_std: float = 1.0,
+    free_bits: float = 0.0,
 ) -> Callable[[jax.Array, TrainState, Any, jax.Array], tuple[TrainState, TrainInfo]]:
     """Build the pure weighted-ELBO update ``step(key, state, batch, loss_weights)``.
 
@@ -193,6 +213,7 @@ def make_train_step(
         authors' shapes warm-up; see ``beta_schedule``).
       likelihood: ``(logits, batch) -> (B,)`` log-likelihood.
       latent_noise_std: reparameterisation noise scale (1 = standard ELBO).
+      free_bits: KL floor in nats per latent dimension (see :func:`free_bits_kl`).
 
     Returns:
       ``step(key, state, batch, loss_weights) -> (state, TrainInfo)``, pure and unjitted:
@@ -209,6 +230,7 @@ def make_train_step(
             beta=beta_now,
             likelihood=likelihood,
             latent_noise_std=latent_noise_std,
+            free_bits=free_bits,
         )
         loss = weighted_elbo_loss(-terms.elbo, loss_weights)
         return loss, terms

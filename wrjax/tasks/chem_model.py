@@ -60,7 +60,9 @@ __all__ = [
     "DEFAULT_CHECKPOINT",
     "SelfiesVAEConfig",
     "cpu_config",
+    "gru_config",
     "accelerator_config",
+    "ARDecoder",
     "Conv1D",
     "GRU",
     "SelfiesVAE",
@@ -80,6 +82,7 @@ __all__ = [
     "sample_metrics",
     "PretrainInfo",
     "pretrain",
+    "pretrain_optimizer",
     "Pretrained",
     "save_checkpoint",
     "load_checkpoint",
@@ -111,6 +114,11 @@ class SelfiesVAEConfig:
     gru_features: int = 128
     gru_layers: int = 1
     position_embedding: bool = True  # a learned (L, decoder_hidden) term added to the input
+    #: "parallel": every position decoded from z alone (the first CPU model); "autoregressive":
+    #: a GRU that also sees the previous symbol (teacher-forced in training, greedy rollout in
+    #: ``decode``), the architecture that reconstructs (see :class:`ARDecoder`).
+    decoder: str = "parallel"
+    embed_decoder: int = 64  # the autoregressive decoder's symbol embedding
 
     def __post_init__(self):
         n = len(self.conv_features)
@@ -121,6 +129,8 @@ class SelfiesVAEConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.vocab_size < 2:
             raise ValueError("vocab_size must count the stop symbol and at least one symbol")
+        if self.decoder not in ("parallel", "autoregressive"):
+            raise ValueError(f"decoder must be 'parallel' or 'autoregressive', got {self.decoder!r}")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -137,6 +147,28 @@ def cpu_config(vocab_size: int, *, max_len: int = chem.DEFAULT_MAX_LEN) -> Selfi
     """The fast default: about 1.1M parameters (4.4 MB); a ``fit`` step of batch 128 takes
     about 0.2 s on the 2 shared CPU cores of our machine."""
     return SelfiesVAEConfig(vocab_size=vocab_size, max_len=max_len)
+
+
+def gru_config(vocab_size: int, *, max_len: int = 72, gru_features: int = 384) -> SelfiesVAEConfig:
+    """The reconstructing model: conv encoder, autoregressive GRU decoder (:class:`ARDecoder`).
+
+    ``max_len = 72`` covers every ZINC250k molecule (the longest canonical SELFIES has 72
+    symbols); pass a larger ``max_len`` to let optimised molecules grow beyond ZINC's sizes
+    (the uncapped penalized logP rewards that), at a proportional cost per step.
+    """
+    return SelfiesVAEConfig(
+        vocab_size=vocab_size,
+        max_len=max_len,
+        embed_dim=48,
+        conv_features=(64, 128, 128),
+        conv_kernels=(7, 7, 7),
+        conv_strides=(1, 2, 2),
+        encoder_hidden=512,
+        gru_features=gru_features,
+        gru_layers=1,
+        position_embedding=False,
+        decoder="autoregressive",
+    )
 
 
 def accelerator_config(vocab_size: int, *, max_len: int = 128) -> SelfiesVAEConfig:
@@ -242,6 +274,72 @@ class GRU(nn.Module):
         return jnp.swapaxes(hs, 0, 1)
 
 
+def _gru_update(gi: jax.Array, gh: jax.Array, b_hn: jax.Array, h: jax.Array) -> jax.Array:
+    """One GRU update from the input and hidden gate pre-activations, each ``(B, 3H)``."""
+    H = h.shape[-1]
+    r = jax.nn.sigmoid(gi[:, :H] + gh[:, :H])
+    u = jax.nn.sigmoid(gi[:, H : 2 * H] + gh[:, H : 2 * H])
+    n = jnp.tanh(gi[:, 2 * H :] + r * (gh[:, 2 * H :] + b_hn[None, :]))
+    return (1.0 - u) * n + u * h
+
+
+class ARDecoder(nn.Module):
+    """GRU decoder that sees ``z`` and the previous symbol at every step.
+
+    Step ``t`` reads ``[embed(x_{t-1}), z]`` (``x_{-1}`` is a start symbol, id ``vocab_size``)
+    and the hidden state, whose initial value is ``tanh(Dense(z))``; the logits of ``x_t`` are
+    ``Dense(h_t)``. Training is teacher-forced (:meth:`teacher_forced`: the true previous
+    symbols, so all input projections are one matrix product before the time loop); decoding
+    is the greedy rollout (:meth:`greedy`: the arg-max symbol fed back), whose arg-max logits
+    are therefore the greedy sequence. The input-to-gate products of ``z`` are computed once
+    per sequence, and those of the symbols once per vocabulary entry (a ``(V+1, 3H)`` table).
+    """
+
+    config: SelfiesVAEConfig
+
+    def setup(self):
+        c = self.config
+        H = c.gru_features
+        self.embed = nn.Embed(c.vocab_size + 1, c.embed_decoder)
+        self.symbol_gates = nn.Dense(3 * H, name="symbol_gates")  # biases b_r, b_u, b_in
+        self.z_gates = nn.Dense(3 * H, use_bias=False, name="z_gates")
+        self.h0 = nn.Dense(H, name="h0")
+        self.w_h = self.param("hidden_kernel", nn.initializers.orthogonal(), (H, 3 * H), _F32)
+        self.b_hn = self.param("hidden_bias_n", nn.initializers.zeros_init(), (H,), _F32)
+        self.out = nn.Dense(c.vocab_size, name="out")
+
+    def teacher_forced(self, z: jax.Array, tokens: jax.Array) -> jax.Array:
+        """``z (B, D)``, true ``tokens (B, L)`` int -> logits ``(B, L, V)`` float32."""
+        B, L = tokens.shape
+        start = jnp.full((B, 1), self.config.vocab_size, tokens.dtype)
+        prev = jnp.concatenate([start, tokens[:, :-1]], axis=1)
+        gi = self.symbol_gates(self.embed(prev)) + self.z_gates(z)[:, None, :]  # (B, L, 3H)
+
+        def step(h, gi_t):
+            h = _gru_update(gi_t, h @ self.w_h, self.b_hn, h)
+            return h, h
+
+        _, hs = jax.lax.scan(step, jnp.tanh(self.h0(z)), jnp.swapaxes(gi, 0, 1))
+        return self.out(jnp.swapaxes(hs, 0, 1)).astype(_F32)
+
+    def greedy(self, z: jax.Array) -> jax.Array:
+        """``z (B, D)`` -> logits ``(B, L, V)`` of the greedy rollout (arg-max fed back)."""
+        c = self.config
+        table = self.symbol_gates(self.embed.embedding)  # (V + 1, 3H)
+        zg = self.z_gates(z)
+        B = z.shape[0]
+
+        def step(carry, _):
+            h, prev = carry
+            h = _gru_update(table[prev] + zg, h @ self.w_h, self.b_hn, h)
+            logits = self.out(h)
+            return (h, jnp.argmax(logits, axis=-1)), logits
+
+        init = (jnp.tanh(self.h0(z)), jnp.full((B,), c.vocab_size, jnp.int32))
+        _, logits = jax.lax.scan(step, init, None, length=c.max_len)
+        return jnp.swapaxes(logits, 0, 1).astype(_F32)
+
+
 class SelfiesVAE(nn.Module):
     """Conv encoder + GRU decoder VAE over SELFIES tokens (see the module docstring)."""
 
@@ -256,6 +354,9 @@ class SelfiesVAE(nn.Module):
         ]
         self.enc_hidden = nn.Dense(c.encoder_hidden)
         self.enc_out = nn.Dense(2 * c.latent_dim)
+        if c.decoder == "autoregressive":
+            self.ar = ARDecoder(c)
+            return
         self.dec_in = nn.Dense(c.decoder_hidden)
         self.dec_h0 = nn.Dense(c.gru_features)
         self.grus = [GRU(c.gru_features, c.max_len) for _ in range(c.gru_layers)]
@@ -286,8 +387,14 @@ class SelfiesVAE(nn.Module):
         return mean, logvar
 
     def decode(self, z: jax.Array) -> jax.Array:
-        """``z (B, D)`` -> logits ``(B, L, V)`` float32 (no teacher forcing)."""
+        """``z (B, D)`` -> logits ``(B, L, V)`` float32; arg-max is the greedy decoding.
+
+        The parallel decoder has no teacher forcing; the autoregressive one returns the
+        logits of its greedy rollout.
+        """
         c = self.config
+        if c.decoder == "autoregressive":
+            return self.ar.greedy(z)
         seq = nn.relu(self.dec_in(z))  # (B, decoder_hidden): the same input at every step
         h0 = jnp.tanh(self.dec_h0(z))
         positions = self.positions if c.position_embedding else None
@@ -296,9 +403,17 @@ class SelfiesVAE(nn.Module):
             seq = gru(seq, h0, positions if i == 0 else None)  # (B, L, gru_features)
         return self.dec_out(seq).astype(_F32)
 
+    def decode_train(self, z: jax.Array, x: jax.Array) -> jax.Array:
+        """Training-time logits of ``x`` given ``z`` (teacher-forced for the autoregressive
+        decoder; ``decode(z)`` for the parallel one). ``wrjax.vae.elbo_terms`` uses this."""
+        if self.config.decoder == "autoregressive":
+            tokens = jnp.argmax(x, axis=-1) if x.ndim == 3 else x
+            return self.ar.teacher_forced(z, tokens.astype(jnp.int32))
+        return self.decode(z)
+
     def __call__(self, x: jax.Array) -> jax.Array:
         mean, _ = self.encode(x)
-        return self.decode(mean)
+        return self.decode_train(mean, x)
 
 
 def init_params(key: jax.Array, config: SelfiesVAEConfig) -> PyTree:
@@ -365,9 +480,12 @@ def make_chem_train_step(
     optimizer: optax.GradientTransformation,
     *,
     beta: float | Callable[[jax.Array], jax.Array],
+    free_bits: float = 0.0,
 ):
     """``wrjax.vae.make_train_step`` with the SELFIES likelihood (no reduced latent noise)."""
-    return make_train_step(model, optimizer, beta=beta, likelihood=log_likelihood)
+    return make_train_step(
+        model, optimizer, beta=beta, likelihood=log_likelihood, free_bits=free_bits
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,6 +645,10 @@ def pretrain(
     chunk_steps: int = 100,
     progress: bool = True,
     time_limit_s: float | None = None,
+    free_bits: float = 0.0,
+    state: TrainState | None = None,
+    info: PretrainInfo | None = None,
+    on_chunk: Callable[[TrainState, PretrainInfo], None] | None = None,
 ) -> tuple[TrainState, PretrainInfo]:
     """Train the SELFIES VAE on ``tokens (N, L)`` with the (weighted) ELBO of ``wrjax.vae``.
 
@@ -543,7 +665,13 @@ def pretrain(
       params: initial parameters (continue training) instead of a fresh init.
       chunk_steps: updates per compiled ``fit`` call (the granularity of the history, the
         progress line and ``time_limit_s``).
-      time_limit_s: stop after the chunk that passes this wall time.
+      time_limit_s: stop after the chunk that passes this wall time (of this call).
+      free_bits: KL floor in nats per latent dimension (``wrjax.vae.free_bits_kl``).
+      state, info: a :class:`TrainState` and history to *resume* from (written by a previous
+        call's ``on_chunk``); training continues at ``state.step`` up to ``num_steps``. The
+        minibatches of chunk ``c`` come from ``fold_in(key, c)``, so a resumed run draws the
+        same batches as an uninterrupted one.
+      on_chunk: called after every chunk with the state and history (e.g. to checkpoint).
 
     Returns:
       ``(TrainState, PretrainInfo)``.
@@ -566,18 +694,26 @@ def pretrain(
 
     init_key, train_key = jax.random.split(key)
     model = SelfiesVAE(config)
-    lr = optax.cosine_decay_schedule(learning_rate, num_steps, 0.1) if lr_decay else learning_rate
-    optimizer = make_optimizer(lr, clip_norm=clip_norm)
-    state = init_train_state(init_params(init_key, config) if params is None else params, optimizer)
-    step_fn = make_chem_train_step(model, optimizer, beta=kl_warmup(beta, warmup_steps))
+    optimizer = pretrain_optimizer(
+        learning_rate, num_steps=num_steps, lr_decay=lr_decay, clip_norm=clip_norm
+    )
+    if state is None:
+        first = init_params(init_key, config) if params is None else params
+        state = init_train_state(first, optimizer)
+        info = PretrainInfo([], [], [], [], [], [])
+    elif info is None:
+        raise ValueError("resuming needs the history (info) saved with the state")
+    step_fn = make_chem_train_step(
+        model, optimizer, beta=kl_warmup(beta, warmup_steps), free_bits=free_bits
+    )
     data = jnp.asarray(tokens, jnp.int32)
 
-    info = PretrainInfo([], [], [], [], [], [])
     start = time.perf_counter()
-    done = 0
+    offset = info.seconds[-1] if info.seconds else 0.0  # wall time of earlier calls
+    done = int(state.step)
     while done < num_steps:
         n = min(chunk_steps, num_steps - done)
-        train_key, chunk_key = jax.random.split(train_key)
+        chunk_key = jax.random.fold_in(train_key, done)
         state, ti = fit(
             chunk_key, state, step_fn, data, weights, num_steps=n, batch_size=batch_size
         )
@@ -588,7 +724,7 @@ def pretrain(
         info.log_lik.append(float(ti.log_lik.mean()))
         info.kl.append(float(ti.kl.mean()))
         info.beta.append(float(ti.beta[-1]))
-        info.seconds.append(time.perf_counter() - start)
+        info.seconds.append(offset + time.perf_counter() - start)
         if progress:
             print(
                 f"step {done:6d}/{num_steps}  loss {info.loss[-1]:8.3f}  "
@@ -598,9 +734,23 @@ def pretrain(
             )
         if not np.isfinite(info.loss[-1]):
             raise FloatingPointError(f"non-finite loss at step {done}")
-        if time_limit_s is not None and info.seconds[-1] >= time_limit_s:
+        if on_chunk is not None:
+            on_chunk(state, info)
+        if time_limit_s is not None and time.perf_counter() - start >= time_limit_s:
             break
     return state, info
+
+
+def pretrain_optimizer(
+    learning_rate: float,
+    *,
+    num_steps: int,
+    lr_decay: bool = False,
+    clip_norm: float | None = 20.0,
+) -> optax.GradientTransformation:
+    """The optimiser :func:`pretrain` uses (also to rebuild its state's structure on resume)."""
+    lr = optax.cosine_decay_schedule(learning_rate, num_steps, 0.1) if lr_decay else learning_rate
+    return make_optimizer(lr, clip_norm=clip_norm)
 
 
 # ---------------------------------------------------------------------------------------------
