@@ -55,7 +55,8 @@ import networkx as nx
 import numpy as np
 import selfies as sf
 from rdkit import Chem, rdBase
-from rdkit.Chem import Crippen
+from rdkit import DataStructs
+from rdkit.Chem import QED, Crippen, rdFingerprintGenerator
 from rdkit.Contrib.SA_Score import sascorer
 from tqdm.auto import tqdm
 
@@ -77,6 +78,15 @@ __all__ = [
     "plogp_from_terms",
     "penalized_logp",
     "penalized_logp_batch",
+    "ZINC_MAX_HEAVY_ATOMS",
+    "heavy_atom_count",
+    "penalized_logp_capped",
+    "OBJECTIVES",
+    "make_objective",
+    "qed",
+    "sa_score",
+    "tanimoto",
+    "load_model",
     "load_zinc",
     "zinc_terms",
     "zinc_scores",
@@ -277,6 +287,121 @@ def penalized_logp(
     """
     t = plogp_terms(smiles)
     return float(plogp_from_terms(t.logp, t.sa, t.cycle, floor=floor, constants=constants))
+
+
+#: ZINC250k's largest molecule has 38 heavy atoms (measured over all 249,456): the size limit
+#: of the size-constrained objective, so that optimised molecules stay within the data's range.
+ZINC_MAX_HEAVY_ATOMS = 38
+
+
+def heavy_atom_count(smiles: str) -> int | None:
+    """Number of heavy (non-hydrogen) atoms, or None for an invalid molecule."""
+    mol = _mol_from_smiles(smiles)
+    return None if mol is None else int(mol.GetNumHeavyAtoms())
+
+
+def penalized_logp_capped(
+    smiles: str,
+    *,
+    max_heavy_atoms: int = ZINC_MAX_HEAVY_ATOMS,
+    floor: float = -6.0,
+    constants: str | PlogpConstants = "zinc250k",
+) -> float:
+    """The size-constrained objective: penalized logP for molecules of at most
+    ``max_heavy_atoms`` heavy atoms, ``floor`` for larger ones (a valid evaluation at the
+    worst score, not a free retry), NaN for an invalid molecule.
+
+    Penalized logP grows by about 0.3 per added carbon without limit (a 96-sulfur chain scores
+    37.6); capping the size at ZINC's largest molecule measures optimisation within the
+    chemistry the model was trained on.
+
+    Example:
+      >>> round(penalized_logp_capped("c1ccccc1"), 4)
+      2.0952
+      >>> penalized_logp_capped("C" * 39)   # 39 heavy atoms: the floor
+      -6.0
+    """
+    if max_heavy_atoms < 1:
+        raise ValueError(f"max_heavy_atoms must be >= 1, got {max_heavy_atoms}")
+    if not math.isfinite(floor):
+        raise ValueError(f"the capped objective needs a finite floor, got {floor}")
+    atoms = heavy_atom_count(smiles)
+    if atoms is None:
+        return math.nan
+    if atoms > max_heavy_atoms:
+        return float(floor)
+    return penalized_logp(smiles, floor=floor, constants=constants)
+
+
+#: The objectives selectable by name (presets, the CLI): ``name -> callable(smiles) -> float``
+#: given the floor and constants.
+OBJECTIVES = ("plogp", "plogp_capped")
+
+
+def make_objective(
+    name: str = "plogp",
+    *,
+    floor: float = -6.0,
+    constants: str | PlogpConstants = "zinc250k",
+    max_heavy_atoms: int = ZINC_MAX_HEAVY_ATOMS,
+) -> Callable[[str], float]:
+    """The objective ``smiles -> score`` called ``name`` (one of :data:`OBJECTIVES`)."""
+    if name == "plogp":
+        return functools.partial(penalized_logp, floor=floor, constants=constants)
+    if name == "plogp_capped":
+        return functools.partial(
+            penalized_logp_capped,
+            max_heavy_atoms=max_heavy_atoms,
+            floor=floor,
+            constants=constants,
+        )
+    raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
+
+
+def qed(smiles: str) -> float:
+    """RDKit's quantitative estimate of drug-likeness (0..1), NaN when invalid."""
+    mol = _mol_from_smiles(smiles)
+    if mol is None:
+        return math.nan
+    try:
+        return float(QED.qed(mol))
+    except Exception:  # noqa: BLE001
+        return math.nan
+
+
+def sa_score(smiles: str) -> float:
+    """Synthetic accessibility (1 easy .. 10 hard, Ertl & Schuffenhauer), NaN when invalid."""
+    mol = _mol_from_smiles(smiles)
+    if mol is None:
+        return math.nan
+    try:
+        return float(sascorer.calculateScore(mol))
+    except Exception:  # noqa: BLE001
+        return math.nan
+
+
+def tanimoto(a: str, b: str, *, radius: int = 2, bits: int = 2048) -> float:
+    """Tanimoto similarity of the Morgan fingerprints (radius 2, 2048 bits) of two molecules;
+    NaN when either is invalid."""
+    ma, mb = _mol_from_smiles(a), _mol_from_smiles(b)
+    if ma is None or mb is None:
+        return math.nan
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=bits)
+    return float(DataStructs.TanimotoSimilarity(gen.GetFingerprint(ma), gen.GetFingerprint(mb)))
+
+
+def load_model(path: str | os.PathLike | None = None):
+    """The pretrained SELFIES VAE as a :class:`wrjax.tasks.chem_model.ChemModel`.
+
+    Three lines from research code::
+
+        model = wrjax.tasks.chem.load_model()     # the shipped checkpoint
+        z = model.encode(["CCO", "c1ccccc1"])     # (2, 56) encoder means
+        smiles = model.decode(z)                  # greedy decodes, a list of SMILES
+    """
+    from wrjax.tasks import chem_model  # the flax model imports this module
+
+    return chem_model.load_model(path)
 
 
 def parallel_map(

@@ -86,11 +86,19 @@ __all__ = [
     "Pretrained",
     "save_checkpoint",
     "load_checkpoint",
+    "ChemModel",
+    "load_model",
+    "GRU_CHECKPOINT",
 ]
 
 _F32 = jnp.float32
 LATENT_DIM = 56  # the authors' JT-VAE latent size
-DEFAULT_CHECKPOINT = chem.CACHE_DIR / "selfies_vae_cpu"
+#: The first CPU model (parallel decoder): kept for the results recorded with it.
+CPU_CHECKPOINT = chem.CACHE_DIR / "selfies_vae_cpu"
+#: The reconstructing model (:func:`gru_config`), trained by ``experiments/pretrain_chem.py
+#: --preset gru`` (its JSON records the commands, epochs and wall time).
+GRU_CHECKPOINT = chem.CACHE_DIR / "selfies_gru_vae"
+DEFAULT_CHECKPOINT = CPU_CHECKPOINT
 
 
 # ---------------------------------------------------------------------------------------------
@@ -793,3 +801,74 @@ def load_checkpoint(path: str | Path = DEFAULT_CHECKPOINT) -> Pretrained:
     target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), target)
     params = load_pytree(path, target)
     return Pretrained(SelfiesVAE(config), params, vocab, config, meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model for research code
+# ---------------------------------------------------------------------------------------------
+
+
+class ChemModel:
+    """A loaded SELFIES VAE with SMILES in and out (what :func:`wrjax.tasks.chem.load_model`
+    returns): ``encode(list_of_smiles) -> (N, D)`` encoder means, ``decode(z) -> list`` of
+    greedy SMILES. The pieces (flax module, params, vocabulary, config, the checkpoint's JSON
+    record) are attributes, for the jitted functions of this module and ``wrjax.vae``.
+    """
+
+    def __init__(self, pretrained: Pretrained):
+        self.module = pretrained.model
+        self.params = pretrained.params
+        self.vocab = pretrained.vocab
+        self.config = pretrained.config
+        self.metadata = pretrained.metadata
+
+    @property
+    def latent_dim(self) -> int:
+        return self.config.latent_dim
+
+    def tokens(self, smiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, max_len)`` int32 token rows and an ``(N,)`` bool mask of the molecules that
+        could be tokenised (valid, known symbols, at most ``max_len`` SELFIES symbols)."""
+        sel = chem.to_selfies_batch(list(smiles), isomeric=self.vocab.isomeric, progress=False)
+        return chem.selfies_to_tokens(sel, self.vocab, max_len=self.config.max_len)
+
+    def encode(
+        self, smiles: Sequence[str], *, errors: str = "raise", batch_size: int = 1024
+    ) -> np.ndarray:
+        """Encoder means of ``smiles``: ``(N, latent_dim)`` float32.
+
+        A molecule that cannot be tokenised raises ``ValueError`` naming it
+        (``errors="raise"``) or gets a row of NaN (``errors="nan"``).
+        """
+        if isinstance(smiles, str):
+            raise TypeError("encode takes a list of SMILES, not one string")
+        if errors not in ("raise", "nan"):
+            raise ValueError(f"errors must be 'raise' or 'nan', got {errors!r}")
+        smiles = list(smiles)
+        tokens, ok = self.tokens(smiles)
+        if errors == "raise" and not ok.all():
+            bad = [smiles[i] for i in np.flatnonzero(~ok)[:5]]
+            raise ValueError(
+                f"{int((~ok).sum())} of {len(smiles)} molecules cannot be encoded (invalid, "
+                f"unknown SELFIES symbols or over {self.config.max_len} symbols), e.g. {bad}"
+            )
+        z = np.full((len(smiles), self.latent_dim), np.nan, np.float32)
+        rows = np.flatnonzero(ok)
+        for sl in _chunks(rows.size, batch_size):
+            z[rows[sl]] = np.asarray(
+                _encode_mean(self.module, self.params, jnp.asarray(tokens[rows[sl]]))
+            )
+        return z
+
+    def decode(self, z: jax.Array, *, batch_size: int = 1024) -> list[str]:
+        """Greedy decodes of ``z (N, latent_dim)`` as SMILES (``""`` for an empty decoding)."""
+        return decode_smiles(self.module, self.params, z, self.vocab, batch_size=batch_size)
+
+    def sample(self, key: jax.Array, num_samples: int) -> list[str]:
+        """Greedy decodes of ``num_samples`` prior draws ``z ~ N(0, I)``."""
+        return sample_prior_smiles(key, self.module, self.params, self.vocab, num_samples)
+
+
+def load_model(path: str | Path | None = None) -> ChemModel:
+    """Load a checkpoint as a :class:`ChemModel` (default: :data:`DEFAULT_CHECKPOINT`)."""
+    return ChemModel(load_checkpoint(DEFAULT_CHECKPOINT if path is None else path))

@@ -33,6 +33,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import selfies as sf
 
 from wrjax.lso import Task
 from wrjax.tasks import chem
@@ -46,21 +47,36 @@ DEFAULT_BETA = 0.2
 
 
 def smiles_to_row(
-    smiles: str | None, vocab: chem.SelfiesVocab, *, max_len: int, row_len: int
+    smiles: str | None,
+    vocab: chem.SelfiesVocab,
+    *,
+    max_len: int,
+    row_len: int,
+    truncate: bool = False,
 ) -> np.ndarray | None:
     """One SMILES -> its ``(row_len,)`` int32 token row (STOP-padded), or None.
 
     None when the molecule is invalid, has more than ``max_len`` SELFIES symbols
-    (``max_len <= row_len``, the model's sequence length) or uses a symbol outside ``vocab``.
+    (``max_len <= row_len``, the model's sequence length) or uses a symbol outside ``vocab``;
+    with ``truncate=True`` a valid molecule always gets a row: its known symbols, cut after
+    ``max_len`` (a stand-in for a molecule the model cannot represent, used by the
+    size-capped objective, which scores such molecules at the floor anyway).
     """
     if smiles is None:
         return None
     sel = chem.to_selfies(smiles, isomeric=vocab.isomeric)
     tokens, ok = chem.selfies_to_tokens([sel], vocab, max_len=max_len)
-    if not ok[0]:
-        return None
     row = np.full((row_len,), chem.STOP_ID, np.int32)
-    row[:max_len] = tokens[0]
+    if ok[0]:
+        row[:max_len] = tokens[0]
+        return row
+    if not truncate or sel is None:
+        return None
+    index = vocab.index
+    ids = [index[t] for t in sf.split_selfies(sel) if t in index][:max_len]
+    if not ids:
+        return None
+    row[: len(ids)] = ids
     return row
 
 
@@ -120,6 +136,8 @@ def make_chem_task(
     checkpoint: str | os.PathLike | None = None,
     constants: str | chem.PlogpConstants = "zinc250k",
     floor: float | None = -6.0,
+    objective: str = "plogp",
+    max_heavy_atoms: int = chem.ZINC_MAX_HEAVY_ATOMS,
     max_len: int | None = None,
     beta: float | None = None,
     latent_noise_std: float = 1.0,
@@ -143,6 +161,11 @@ def make_chem_task(
       constants, floor: of :func:`wrjax.tasks.chem.penalized_logp` (the standard ZINC250k
         statistics and the paper's floor -6; the authors' code used -4), for both the data's
         scores and the objective.
+      objective: ``"plogp"`` (the paper's penalized logP, uncapped) or ``"plogp_capped"``
+        (:func:`wrjax.tasks.chem.penalized_logp_capped`: molecules of more than
+        ``max_heavy_atoms`` heavy atoms, default 38 = ZINC's largest, score the floor and
+        count as an evaluation). With the cap, every valid molecule is an evaluation, also
+        one the model cannot tokenise (it joins the data as its truncated token row).
       max_len: most SELFIES symbols a molecule may have to join the data, at most the
         model's sequence length (default: that length, 96; ZINC's longest is 72).
       beta: KL weight of the fine-tunes (default: the checkpoint's pretraining beta, 0.2).
@@ -156,6 +179,15 @@ def make_chem_task(
       float32 penalized logP, objects are SMILES strings (``None``: empty decoding).
     """
     del k
+    if objective not in chem.OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {chem.OBJECTIVES}")
+    capped = objective == "plogp_capped"
+    score_fn = chem.make_objective(
+        objective,
+        floor=-math.inf if floor is None else floor,
+        constants=constants,
+        max_heavy_atoms=max_heavy_atoms,
+    )
     pre = cm.load_checkpoint(checkpoint if checkpoint is not None else cm.DEFAULT_CHECKPOINT)
     model, vocab = pre.model, pre.vocab
     row_len = pre.config.max_len
@@ -186,7 +218,7 @@ def make_chem_task(
     # The loop asks is_valid and then to_data for the same molecule: tokenise once.
     @functools.lru_cache(maxsize=4096)
     def to_row(smiles: str) -> np.ndarray | None:
-        return smiles_to_row(smiles, vocab, max_len=max_len, row_len=row_len)
+        return smiles_to_row(smiles, vocab, max_len=max_len, row_len=row_len, truncate=capped)
 
     def to_data(smiles: str) -> np.ndarray:
         row = to_row(smiles)
@@ -210,7 +242,7 @@ def make_chem_task(
         initial_keys=[keys[i] for i in idx],
         seen_keys=[s for s in keys if s is not None],  # the whole training split
         decode=decode,
-        objective=functools.partial(chem.penalized_logp, floor=floor, constants=constants),
+        objective=score_fn,
         to_data=to_data,
         novelty_key=chem.novelty_key,
         to_text=lambda smiles: smiles,
