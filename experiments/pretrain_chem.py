@@ -40,6 +40,7 @@ import jax
 import numpy as np
 import selfies as sf
 
+from wrjax import parallel
 from wrjax.checkpoint import load_metadata, load_pytree, save_pytree
 from wrjax.tasks import chem
 from wrjax.tasks import chem_model as cm
@@ -77,6 +78,14 @@ def parse_args(argv):
     p.add_argument(
         "--fresh", action="store_true", help="ignore an existing training state (start over)"
     )
+    p.add_argument(
+        "--data-parallel", action="store_true",
+        help="split each batch over all devices (jax.sharding; see wrjax.parallel)",
+    )
+    p.add_argument(
+        "--distributed", action="store_true",
+        help="multi-host: call jax.distributed.initialize() first (cluster from the environment)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-eval", type=int, default=2000, help="held-out molecules")
     p.add_argument("--prior-samples", type=int, default=1000)
@@ -109,6 +118,8 @@ def main(argv=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     out = args.out or DEFAULT_OUT / DEFAULT_NAMES[args.preset]
+    if args.distributed:
+        parallel.initialize_distributed()
     t_start = time.perf_counter()
     key = jax.random.key(args.seed)
     train_key, prior_key = jax.random.split(key)
@@ -179,6 +190,7 @@ def main(argv=None) -> dict:
             state=state,
             info=info,
             on_chunk=save_state,
+            mesh=parallel.data_mesh() if args.data_parallel else None,
         )
         save_state(state, info, force=True)
     train_seconds = info.seconds[-1] if info.seconds else 0.0

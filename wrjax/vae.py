@@ -267,7 +267,7 @@ def beta_schedule(
 
 
 @functools.partial(
-    jax.jit, static_argnames=("step_fn", "num_steps", "batch_size", "mode")
+    jax.jit, static_argnames=("step_fn", "num_steps", "batch_size", "mode", "batch_sharding")
 )
 def fit(
     key: jax.Array,
@@ -280,6 +280,7 @@ def fit(
     batch_size: int,
     mode: Literal["sample", "epoch"] = "epoch",
     mask: jax.Array | None = None,
+    batch_sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[TrainState, TrainInfo]:
     """Run ``num_steps`` weighted training steps in one ``lax.scan`` (one compiled program).
 
@@ -294,6 +295,10 @@ def fit(
       batch_size: minibatch size.
       mode: ``"epoch"`` (weights in the loss) or ``"sample"`` (``p ∝ w``, unweighted loss).
       mask: optional ``(N,)`` bool of valid slots.
+      batch_sharding: data parallelism: a sharding of each minibatch's leading axis over
+        devices (:func:`wrjax.parallel.batch_sharding`); with the state replicated, XLA then
+        computes each device's share of the batch and all-reduces the gradient. ``None``
+        (default) leaves placement to XLA (one device).
 
     Returns:
       ``(state, info)`` with ``info`` fields of shape ``(num_steps,)``.
@@ -310,6 +315,8 @@ def fit(
     def body(state, xs):
         k, idx, lw = xs
         batch = jax.tree.map(lambda a: a[idx], data)
+        if batch_sharding is not None:
+            batch, lw = jax.lax.with_sharding_constraint((batch, lw), batch_sharding)
         return step_fn(k, state, batch, lw)
 
     return jax.lax.scan(body, state, (step_keys, plan.indices, plan.loss_weights))

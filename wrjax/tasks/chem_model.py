@@ -657,6 +657,7 @@ def pretrain(
     state: TrainState | None = None,
     info: PretrainInfo | None = None,
     on_chunk: Callable[[TrainState, PretrainInfo], None] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> tuple[TrainState, PretrainInfo]:
     """Train the SELFIES VAE on ``tokens (N, L)`` with the (weighted) ELBO of ``wrjax.vae``.
 
@@ -680,6 +681,9 @@ def pretrain(
         minibatches of chunk ``c`` come from ``fold_in(key, c)``, so a resumed run draws the
         same batches as an uninterrupted one.
       on_chunk: called after every chunk with the state and history (e.g. to checkpoint).
+      mesh: data-parallel training over this device mesh (:mod:`wrjax.parallel`): state and
+        data replicated, each minibatch split over the devices; ``batch_size`` must divide
+        by the device count. ``None``: the default device.
 
     Returns:
       ``(TrainState, PretrainInfo)``.
@@ -715,6 +719,15 @@ def pretrain(
         model, optimizer, beta=kl_warmup(beta, warmup_steps), free_bits=free_bits
     )
     data = jnp.asarray(tokens, jnp.int32)
+    sharding = None
+    if mesh is not None:
+        from wrjax import parallel
+
+        if batch_size % mesh.size:
+            raise ValueError(f"batch_size {batch_size} must divide by the {mesh.size} devices")
+        state, data = parallel.replicate((state, data), mesh)
+        weights = parallel.replicate(weights, mesh)
+        sharding = parallel.batch_sharding(mesh)
 
     start = time.perf_counter()
     offset = info.seconds[-1] if info.seconds else 0.0  # wall time of earlier calls
@@ -723,7 +736,8 @@ def pretrain(
         n = min(chunk_steps, num_steps - done)
         chunk_key = jax.random.fold_in(train_key, done)
         state, ti = fit(
-            chunk_key, state, step_fn, data, weights, num_steps=n, batch_size=batch_size
+            chunk_key, state, step_fn, data, weights, num_steps=n, batch_size=batch_size,
+            batch_sharding=sharding,
         )
         ti = jax.tree.map(np.asarray, ti)
         done += n
