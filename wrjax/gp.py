@@ -35,7 +35,10 @@ Conventions: ``x (N, D)`` inputs, ``y (N,)`` targets (higher is better everywher
 
 from __future__ import annotations
 
+import ctypes
+import glob
 import math
+import os
 from typing import NamedTuple
 
 import jax
@@ -69,6 +72,7 @@ __all__ = [
     "predict",
     "predict_standardized",
     "to_gpjax",
+    "set_lapack_threads",
 ]
 
 _F64 = jnp.float64
@@ -76,6 +80,93 @@ _F64 = jnp.float64
 NOISE_FLOOR = 1e-6
 #: Lower bound on the target standard deviation used for standardisation.
 _STD_FLOOR = 1e-12
+
+
+# --------------------------------------------------------------------------------------------
+# LAPACK threads
+# --------------------------------------------------------------------------------------------
+
+#: Environment variable: the LAPACK thread count wrjax sets at import (0: leave it alone).
+LAPACK_THREADS_ENV = "WRJAX_LAPACK_THREADS"
+
+
+def set_lapack_threads(num_threads: int) -> bool:
+    """Set the thread count of the LAPACK that jaxlib's CPU kernels call; True if it was set.
+
+    jaxlib's CPU Cholesky, eigendecomposition, LU and QR call SciPy's LAPACK (the OpenBLAS
+    bundled in SciPy's wheel, loaded by ``scipy.linalg.cython_lapack`` at the first such
+    call); matrix products and triangular solves are XLA's own and are not affected. That
+    OpenBLAS starts one thread per core whose workers busy-wait after each call; on a small
+    shared CPU they spin against XLA's threads. Measured on the 2-core machine of
+    ``benchmarks/RESULTS.md`` (``## bo_step``): a 500 x 500 float64 Cholesky took 1.0 s with
+    the default 2 threads under load against 4.5 ms with 1 thread, and one bound-and-gradient
+    evaluation at N = 10,000, M = 500 took 2.8 s against 0.59 s. The matrices here are
+    at most ``M x M`` (M <= 1,000), too small for LAPACK threads to pay off on any CPU.
+
+    Only SciPy's OpenBLAS is changed (NumPy bundles its own, which keeps its setting);
+    ``scipy.linalg`` calls in the same process also run on ``num_threads``. Uses
+    ``threadpoolctl`` when it is installed, else OpenBLAS's ``set_num_threads`` through
+    ``ctypes``; returns False (and changes nothing) when neither finds an OpenBLAS, e.g.
+    with a SciPy built on another LAPACK.
+
+    :mod:`wrjax.gp` calls ``set_lapack_threads(1)`` when it is imported, unless the
+    environment sets ``OPENBLAS_NUM_THREADS`` (respected as it is) or ``WRJAX_LAPACK_THREADS``
+    (that count; ``0`` leaves LAPACK alone).
+    """
+    num_threads = int(num_threads)
+    if num_threads <= 0:
+        raise ValueError(f"num_threads must be positive, got {num_threads}")
+    import scipy
+    import scipy.linalg.cython_lapack  # noqa: F401  (loads SciPy's LAPACK, as jaxlib does)
+
+    try:
+        import threadpoolctl
+    except ImportError:
+        threadpoolctl = None
+    if threadpoolctl is not None:
+        libs = [
+            i for i in threadpoolctl.threadpool_info()
+            if i.get("internal_api") == "openblas" and "scipy" in os.path.basename(i.get("filepath", ""))
+            and "64_" not in os.path.basename(i.get("filepath", ""))
+        ]  # fmt: skip
+        if libs:
+            threadpoolctl.ThreadpoolController().select(
+                filepath=[i["filepath"] for i in libs]
+            ).limit(limits=num_threads)
+            return True
+    root = os.path.dirname(os.path.dirname(scipy.__file__))
+    done = False
+    for path in glob.glob(os.path.join(root, "scipy.libs", "libscipy_openblas*")) + glob.glob(
+        os.path.join(os.path.dirname(scipy.__file__), ".dylibs", "libscipy_openblas*")
+    ):
+        if "openblas64_" in os.path.basename(path):
+            continue  # NumPy's (64-bit integer) build, not the one jaxlib uses
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.argtypes = [ctypes.c_int]
+                fn(num_threads)
+                done = True
+                break
+    return done
+
+
+def _default_lapack_threads() -> None:
+    if "OPENBLAS_NUM_THREADS" in os.environ:
+        return
+    try:
+        n = int(os.environ.get(LAPACK_THREADS_ENV, "1"))
+    except ValueError:
+        n = 1
+    if n > 0:
+        set_lapack_threads(n)
+
+
+_default_lapack_threads()
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,7 +283,7 @@ def _cholesky_failed(matrix, j):
     return ~jnp.all(jnp.isfinite(jnp.linalg.cholesky(matrix + j * eye)))
 
 
-# module-level loop functions, so that eager calls reuse the traced loop
+# module-level loop and branch functions, so that eager calls reuse the traced programs
 def _jitter_cond(carry):
     i, _, bad, _, _, max_tries, _ = carry
     return bad & (i < max_tries - 1)
@@ -205,6 +296,43 @@ def _jitter_body(carry):
     return i + 1, j, _cholesky_failed(matrix, j), matrix, scale, max_tries, growth
 
 
+@jax.custom_jvp
+def _attach_cholesky_tangent(matrix: jax.Array, chol: jax.Array) -> jax.Array:
+    """``chol`` (the factor of ``matrix + j I``, computed without autodiff) with the Cholesky
+    derivative with respect to ``matrix`` attached, so the factor is not computed twice."""
+    return chol
+
+
+@_attach_cholesky_tangent.defjvp
+def _attach_cholesky_tangent_jvp(primals, tangents):
+    # d L = L Phi(L^{-1} dA L^{-T}), Phi = lower triangle with the diagonal halved (Murray,
+    # "Differentiation of the Cholesky decomposition", 2016); dA symmetrised as
+    # jnp.linalg.cholesky does. Linear in dA, so reverse mode transposes it.
+    matrix, chol = primals
+    dmat, _ = tangents
+    dmat = 0.5 * (dmat + dmat.T)
+    tmp = jsl.solve_triangular(chol, dmat, lower=True)
+    tmp = jsl.solve_triangular(chol, tmp.T, lower=True).T
+    phi = jnp.tril(tmp) - 0.5 * jnp.diag(jnp.diagonal(tmp))
+    return chol, chol @ phi
+
+
+def _keep_first_factor(operands):
+    matrix, first, base, _, _, _ = operands
+    return _attach_cholesky_tangent(matrix, first), base
+
+
+def _search_jitter(operands):
+    # the first try failed: grow the jitter on the detached matrix, then factorise again
+    # differentiably at the jitter found (this path costs 2 + tries factorisations)
+    matrix, _, base, scale, max_tries, growth = operands
+    fixed = jax.lax.stop_gradient(matrix)
+    carry = (jnp.zeros((), jnp.int32), base, jnp.ones((), bool), fixed, scale, max_tries, growth)
+    j = jax.lax.stop_gradient(jax.lax.while_loop(_jitter_cond, _jitter_body, carry)[1])
+    eye = jnp.eye(matrix.shape[-1], dtype=matrix.dtype)
+    return jnp.linalg.cholesky(matrix + j * eye), j
+
+
 def safe_cholesky(
     matrix: jax.Array, jitter: float | jax.Array, *, max_tries: int = 10, growth: float = 10.0
 ) -> tuple[jax.Array, jax.Array]:
@@ -213,9 +341,11 @@ def safe_cholesky(
     Tries ``j = jitter * growth**i * mean(diag(matrix))`` for ``i = 0, 1, ...`` (at most
     ``max_tries`` times; from ``jitter = 0`` the second try is ``1e-10 * mean(diag)``)
     and keeps the first one whose factor has no NaN: an indefinite matrix (rounding,
-    duplicate inducing points) then costs accuracy, never a crash. The search runs on
-    ``stop_gradient(matrix)``, so the result stays differentiable (the factor is recomputed
-    differentiably at the chosen jitter). Jittable; never raises.
+    duplicate inducing points) then costs accuracy, never a crash. On the normal path (the
+    first try succeeds) the matrix is factorised exactly once, and that factor is returned;
+    only after a failure does a ``lax.while_loop`` search the jitter on
+    ``stop_gradient(matrix)`` and factorise again (differentiably) at the jitter found, so
+    the result is always differentiable. Jittable; never raises.
 
     Args:
       matrix: ``(M, M)`` symmetric matrix.
@@ -227,19 +357,20 @@ def safe_cholesky(
     """
     fixed = jax.lax.stop_gradient(matrix)
     scale = jnp.maximum(jnp.mean(jnp.diagonal(fixed)), 1e-300)
-    base = jnp.asarray(jitter, matrix.dtype) * scale
-    carry = (
-        jnp.zeros((), jnp.int32),
+    base = jax.lax.stop_gradient(jnp.asarray(jitter, matrix.dtype) * scale)
+    eye = jnp.eye(matrix.shape[-1], dtype=matrix.dtype)
+    # detached: on failure its NaNs must not reach the gradient of the branch taken
+    first = jnp.linalg.cholesky(fixed + base * eye)
+    ok = jnp.all(jnp.isfinite(first))
+    operands = (
+        matrix,
+        first,
         base,
-        _cholesky_failed(fixed, base),
-        fixed,
         scale,
         jnp.asarray(max_tries, jnp.int32),
         jnp.asarray(growth, matrix.dtype),
     )
-    j = jax.lax.stop_gradient(jax.lax.while_loop(_jitter_cond, _jitter_body, carry)[1])
-    eye = jnp.eye(matrix.shape[-1], dtype=matrix.dtype)
-    return jnp.linalg.cholesky(matrix + j * eye), j
+    return jax.lax.cond(ok, _keep_first_factor, _search_jitter, operands)
 
 
 # --------------------------------------------------------------------------------------------
@@ -683,12 +814,25 @@ def fit(
 
 
 @float64_scope
-def build_predictor(params: SGPRParams, data: SGPRData, *, jitter: float = 1e-6) -> SGPRPredictor:
+def build_predictor(
+    params: SGPRParams, data: SGPRData, *, jitter: float = 1e-6, form: str = "product"
+) -> SGPRPredictor:
     """Condition the SGPR on ``data`` once, ``O(N M^2)``; each prediction is then ``O(M^2)``.
 
-    Uses the textbook (GPflow) form ``A = Lz^{-1} Kzf / sigma`` for the factors kept.
+    ``form="product"`` (default) forms ``A A^T = Lz^{-1} (Kzf Kfz) Lz^{-T} / s2`` and
+    ``A r = Lz^{-1} (Kzf r) / s`` as the bound does (:func:`collapsed_elbo`): one
+    ``M x M x N`` matrix product and two ``M^3`` triangular solves, instead of the textbook
+    (GPflow) ``form="solve"``, which first solves ``A = Lz^{-1} Kzf / s`` for all ``N``
+    columns (an ``M^2 N`` triangular solve, the slowest step of the build in XLA:CPU) and then
+    multiplies it out. Both give the same predictor up to rounding amplified by
+    ``cond(Kzz)`` (``tests/test_gp.py`` compares them); ``"solve"`` is the one to use with a
+    near-singular ``Kzz`` (inducing points on top of each other, tiny jitter).
     Jittable, pure, never raises (see :func:`safe_cholesky`).
+
+    Why not GPJax 1.0's ``CollapsedVariationalGaussian`` posterior: see :func:`to_gpjax`.
     """
+    if form not in ("product", "solve"):
+        raise ValueError(f"form must be 'product' or 'solve', got {form!r}")
     ls, var, noise = constrain(params)
     z = params.inducing
     m = z.shape[0]
@@ -696,10 +840,17 @@ def build_predictor(params: SGPRParams, data: SGPRData, *, jitter: float = 1e-6)
     kzz = rbf_kernel(z, z, ls, var)
     lz, jit = safe_cholesky(kzz, jitter)
     kzf = rbf_kernel(z, data.x, ls, var) * w[None, :]
-    a = jsl.solve_triangular(lz, kzf, lower=True) / jnp.sqrt(noise)  # A, (M, N)
-    bmat = jnp.eye(m, dtype=_F64) + a @ a.T
-    lb, _ = safe_cholesky(0.5 * (bmat + bmat.T), 0.0)
-    ar = a @ (data.y * w)
+    r = data.y * w
+    if form == "product":
+        t = jsl.solve_triangular(lz, kzf @ kzf.T, lower=True)
+        aat = jsl.solve_triangular(lz, t.T, lower=True) / noise
+        ar = jsl.solve_triangular(lz, kzf @ r, lower=True) / jnp.sqrt(noise)
+    else:
+        a = jsl.solve_triangular(lz, kzf, lower=True) / jnp.sqrt(noise)  # A, (M, N)
+        aat = a @ a.T
+        ar = a @ r
+    bmat = jnp.eye(m, dtype=_F64) + 0.5 * (aat + aat.T)
+    lb, _ = safe_cholesky(bmat, 0.0)
     return SGPRPredictor(
         inducing=z,
         lengthscale=ls,
