@@ -533,3 +533,35 @@ def test_staleness_zscores_and_bound_change(rng):
     np.testing.assert_allclose(float(info.mean_sq_zscore), np.mean(zs), rtol=1e-9)
     np.testing.assert_allclose(float(info.max_sq_zscore), max(zs), rtol=1e-9)
     assert max(zs) > 100 and float(info.elbo_per_point_change) < 0
+
+
+def test_fit_converged_stops_on_the_test_and_reaches_the_long_fit(key, rng):
+    x, y = _problem(rng, n=60)
+
+    @float64_scope
+    def run():
+        data = gp.make_data(x, y, np.ones(60, bool))
+        params = gp.init_params(key, data, num_inducing=6)
+        opt = gp.make_optimizer(method="lbfgs")
+        statics = ("optimizer", "max_steps", "tol", "window", "gtol", "min_steps", "jitter")
+        conv = jax.jit(gp.fit_converged, static_argnames=statics)
+        p1, _, info = conv(params, opt.init(params), data, optimizer=opt, max_steps=300, tol=1e-7, window=10)
+        # the reference: a long fixed budget of the same optimiser
+        _, _, long = jax.jit(gp.fit, static_argnames=("optimizer", "num_steps"))(
+            params, opt.init(params), data, optimizer=opt, num_steps=300
+        )
+        _, _, capped = conv(params, opt.init(params), data, optimizer=opt, max_steps=3, tol=1e-9)
+        start = float(gp.collapsed_elbo(params, data))
+        return info, long, capped, start, float(gp.collapsed_elbo(p1, data))
+
+    info, long, capped, start, elbo = run()
+    k = int(info.num_steps)
+    assert bool(info.converged) and 1 <= k < 300
+    trace = np.asarray(info.loss)
+    assert np.all(np.isfinite(trace[:k])) and np.all(np.isnan(trace[k:]))
+    np.testing.assert_allclose(trace[0], -start, rtol=1e-12)
+    np.testing.assert_allclose(float(info.elbo), elbo, rtol=1e-8)  # jitted vs eager rounding
+    # converged: within 1e-5 nats per point of 300 fixed L-BFGS iterations
+    assert float(info.elbo) >= float(long.elbo) - 60 * 1e-5, (float(info.elbo), float(long.elbo))
+    assert int(capped.num_steps) == 3 and not bool(capped.converged)
+    assert int(info.skipped) == 0

@@ -73,6 +73,7 @@ __all__ = [
     "predict_standardized",
     "to_gpjax",
     "set_lapack_threads",
+    "fit_converged",
 ]
 
 _F64 = jnp.float64
@@ -225,12 +226,15 @@ class SGPRPredictor(NamedTuple):
 
 
 class FitInfo(NamedTuple):
-    """Diagnostics of :func:`fit`."""
+    """Diagnostics of :func:`fit` and :func:`fit_converged`."""
 
-    loss: jax.Array  # (num_steps,) float64 negative ELBO before each step (nats)
+    loss: jax.Array  # (num_steps,) float64 negative ELBO before each step (nats); the bound
+    #   trace. fit_converged: (max_steps,), NaN after the last step taken
     elbo: jax.Array  # () float64 ELBO at the returned parameters (nats)
     jitter: jax.Array  # () float64 jitter added to Kzz at the returned parameters (absolute)
     skipped: jax.Array  # () int32 steps skipped because the loss or gradient was not finite
+    num_steps: jax.Array | None = None  # () int32 steps taken (fit: always num_steps)
+    converged: jax.Array | None = None  # () bool the convergence test stopped it (fit: False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -804,7 +808,99 @@ def fit(
     init = (params, opt_state, jnp.zeros((), jnp.int32))
     (params, opt_state, skipped), losses = jax.lax.scan(step, init, None, length=num_steps)
     final = _collapsed_bound(params, data, jitter)
-    info = FitInfo(losses, final.elbo, final.jitter, skipped)
+    info = FitInfo(
+        losses, final.elbo, final.jitter, skipped,
+        jnp.asarray(num_steps, jnp.int32), jnp.zeros((), bool),
+    )  # fmt: skip
+    return params, opt_state, info
+
+
+def _tree_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+@float64_scope
+def fit_converged(
+    params: SGPRParams,
+    opt_state: optax.OptState,
+    data: SGPRData,
+    *,
+    optimizer: optax.GradientTransformation,
+    max_steps: int,
+    tol: float = 1e-5,
+    window: int = 1,
+    gtol: float = 0.0,
+    min_steps: int = 1,
+    jitter: float = 1e-6,
+) -> tuple[SGPRParams, optax.OptState, FitInfo]:
+    """Optimiser steps on the negative collapsed ELBO until converged, at most ``max_steps``.
+
+    A ``lax.while_loop`` that stops after step ``i >= min_steps - 1`` when the bound gained
+    less than ``tol`` nats *per valid point* over the last ``window`` steps (compared with
+    the loss ``window`` steps earlier; for Adam, whose loss is not monotone, use a window of
+    tens of steps, as the authors' "relative change per 100 steps"), or when the gradient
+    norm per point is at most ``gtol``; or at ``max_steps``. ``info.loss`` is the bound trace
+    (negative ELBO before each step), fixed-size ``(max_steps,)`` and NaN-padded after the
+    last step, ``info.num_steps`` the steps taken and ``info.converged`` whether the test
+    (not the cap) stopped it. Non-finite steps are skipped and counted as in :func:`fit`
+    (a skipped step never counts as converged). Pure; jit it with ``optimizer``,
+    ``max_steps``, ``tol``, ``window``, ``gtol``, ``min_steps`` and ``jitter`` static.
+
+    Args:
+      params, opt_state, data, optimizer, jitter: as :func:`fit`.
+      max_steps: the iteration cap (static, >= 1).
+      tol: bound change per point below which the fit has converged (nats per point).
+      window: steps over which the change is measured (>= 1).
+      gtol: gradient-norm-per-point threshold (0 disables it).
+      min_steps: never stop before this many steps.
+
+    Returns:
+      ``(params, opt_state, info)``.
+    """
+    if max_steps < 1 or window < 1:
+        raise ValueError(f"max_steps and window must be >= 1, got {max_steps}, {window}")
+    n = jnp.maximum(jnp.sum(data.mask.astype(_F64)), 1.0)
+
+    def value_fn(p):
+        return -_collapsed_bound(p, data, jitter).elbo
+
+    if _uses_line_search(opt_state):
+        vg = optax.value_and_grad_from_state(value_fn)
+    else:
+        vg_plain = jax.value_and_grad(value_fn)
+        vg = lambda p, state: vg_plain(p)  # noqa: E731
+
+    def cond(carry):
+        i, _, _, _, _, done = carry
+        return (i < max_steps) & ~done
+
+    def body(carry):
+        i, p, s, skipped, trace, _ = carry
+        loss, g = vg(p, state=s)
+        ok = jnp.isfinite(loss) & _tree_finite(g)
+        updates, s_new = optimizer.update(g, s, p, value=loss, grad=g, value_fn=value_fn)
+        p_new = optax.apply_updates(p, updates)
+        ok = ok & _tree_finite(p_new)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        trace = trace.at[i].set(loss)
+        before = jnp.where(i >= window, trace[jnp.maximum(i - window, 0)], jnp.inf)
+        gain = (before - loss) / n
+        gnorm = optax.tree_utils.tree_norm(g) / n
+        done = ok & (i + 1 >= min_steps) & ((gain < tol) | (gnorm <= gtol))
+        skipped = skipped + jnp.where(ok, 0, 1).astype(jnp.int32)
+        return i + 1, keep(p_new, p), keep(s_new, s), skipped, trace, done
+
+    init = (
+        jnp.zeros((), jnp.int32),
+        params,
+        opt_state,
+        jnp.zeros((), jnp.int32),
+        jnp.full((max_steps,), jnp.nan, _F64),
+        jnp.zeros((), bool),
+    )
+    steps, params, opt_state, skipped, trace, done = jax.lax.while_loop(cond, body, init)
+    final = _collapsed_bound(params, data, jitter)
+    info = FitInfo(trace, final.elbo, final.jitter, skipped, steps, done)
     return params, opt_state, info
 
 
