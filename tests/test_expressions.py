@@ -276,3 +276,38 @@ def test_shipped_checkpoints(name):
         val = np.asarray(meta["val_indices"][:1000])
         acc = E.reconstruction_accuracy(params, data.one_hot[val], model=model)
         assert acc >= 0.5 * meta["reconstruction_accuracy"] - 0.02
+
+
+def test_decode_expressions_pads_to_one_program(model_and_params, key):
+    model, params = model_and_params
+    z = jax.random.normal(key, (20, 25))
+    E.decode_expressions(key, params, z[:1], model=model, greedy=True)  # compile the padded size
+    before = E.decode_rules._cache_size()
+    outs = {b: E.decode_expressions(key, params, z[:b], model=model, greedy=True) for b in (1, 3, 7, 20)}
+    assert E.decode_rules._cache_size() == before  # no new program for 3, 7 or 20 points
+    # padding drops nothing and changes no greedy decode: the unpadded program agrees
+    ref = E.decode_expressions(key, params, z, model=model, greedy=True, pad_to=1)
+    for b, out in outs.items():
+        assert out == ref[:b]
+    with pytest.raises(ValueError, match="pad_to"):
+        E.decode_expressions(key, params, z, model=model, pad_to=0)
+
+
+def test_parsed_rules_cache_is_keyed_by_the_file(tmp_path, monkeypatch):
+    text = tmp_path / "exprs.txt"
+    exprs = ["x + 1", "sin( x ) * 2", "exp( x / 3 )"]
+    text.write_text("\n".join(exprs) + "\n")
+    cache = tmp_path / "cache"
+    rules = E.parsed_rules(text, cache_dir=cache)
+    ref = np.argmax(E.expressions_to_one_hot(exprs), axis=-1)  # the uncached parse
+    np.testing.assert_array_equal(rules, ref)
+    files = list(cache.glob("expressions_rules_*.npz"))
+    assert len(files) == 1
+    # a second start reads the cache: the parser is never called
+    monkeypatch.setattr(E, "parse_rules", lambda e: (_ for _ in ()).throw(AssertionError("parsed")))
+    np.testing.assert_array_equal(E.parsed_rules(text, cache_dir=cache), ref)
+    monkeypatch.undo()
+    # a changed file gets its own cache entry
+    text.write_text("x\n")
+    np.testing.assert_array_equal(E.parsed_rules(text, cache_dir=cache), np.argmax(E.expressions_to_one_hot(["x"]), -1))
+    assert len(list(cache.glob("expressions_rules_*.npz"))) == 2
