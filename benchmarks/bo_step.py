@@ -17,22 +17,38 @@ Both queries start from the same GP parameters (the wrjax cold fit) on the same 
 under both fitted GPs (evaluated exactly, in float64, by wrjax), and the fits by their ELBO
 (the same float64 bound for both).
 
-Run:  python benchmarks/bo_step.py [--dims 25 56] [--repeats 3] [--write]
-      (needs the reference venv: python -m venv /work/venv-ref &&
+GP-level sections (``--sections``; ``bo`` is the query comparison above):
+
+* ``refit``: from the cold fit's state, warm refits that stop on a convergence test
+  (:func:`wrjax.gp.fit_converged`, L-BFGS and Adam) against the fixed 20 L-BFGS steps:
+  time, iterations, bound (and the time at which each first reaches the reference's
+  recorded bound), best log-EI found on each fit's posterior.
+* ``incremental``: the per-query cost with incremental conditioning
+  (:mod:`wrjax.gp_update`: add the queried point in O(M^2), maximise EI) against a warm
+  refit (bound-and-gradient evaluations + predictor build + EI).
+* ``curve``: the query-cost parts against N (1k-50k, M = 500) and M (100-1,000, N = 10k).
+* ``threads``: one bound-and-gradient evaluation and a 500 x 500 Cholesky with SciPy's
+  OpenBLAS at 2 threads (the library default) and at 1 (what ``wrjax.gp`` sets at import),
+  interleaved.
+
+Run:  python benchmarks/bo_step.py [--dims 25 56] [--repeats 3] [--sections ...] [--write]
+      (``bo`` needs the reference venv: python -m venv /work/venv-ref &&
        /work/venv-ref/bin/pip install "gpflow==2.11.*" tensorflow-cpu scipy;
-       --ref-python PATH to point elsewhere, --no-reference to skip it)
+       GPflow 2.11 needs numpy < 2, which clashes with this project's jax, hence the
+       separate venv; --ref-python PATH to point elsewhere, --no-reference to skip it)
 """
 
 from __future__ import annotations
 
 import os
 
-# On a small shared CPU, multithreaded OpenBLAS (used by jaxlib's and SciPy's LAPACK calls)
-# spins against the other threads: a 500 x 500 Cholesky took 0.7 s instead of 5 ms here.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# No OPENBLAS_NUM_THREADS here any more: wrjax.gp limits the LAPACK that jaxlib calls to one
+# thread when it is imported (see wrjax.gp.set_lapack_threads), which is what a README user
+# gets; the ``threads`` section measures both settings.
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -47,7 +63,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from wrjax import acquisition as acq  # noqa: E402
-from wrjax import bo, gp  # noqa: E402
+from wrjax import bo, gp, gp_update  # noqa: E402
 from wrjax.precision import float64_scope  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -357,6 +373,334 @@ def write_section(path: Path, text: str) -> None:
     path.write_text(old.rstrip("\n") + "\n\n" + text)
 
 
+# --------------------------------------------------------------------------------------------
+# GP-level sections: converged refits, incremental conditioning, cost curves, threads
+# --------------------------------------------------------------------------------------------
+
+#: The reference's recorded warm-refit bounds (GPflow 2.11 float32, 100 Adam steps at lr 0.03
+#: from the wrjax cold fit, evaluated by wrjax's float64 bound): the issue 11 run (D = 25) and
+#: the table above (D = 56). GPflow is not installed beside jax (numpy < 2); see the docstring.
+REFERENCE_BOUND = {25: 7481.2, 56: 6620.4}
+
+_CONV_STATIC = ("optimizer", "max_steps", "tol", "window", "gtol", "min_steps", "jitter", "train_inducing")
+
+
+def _median_time(fn, *a, reps=5):
+    jax.block_until_ready(fn(*a))
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*a))
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def _log_ei_std(pred, tau, x):
+    mean, var = gp.predict_standardized(pred, x[None, :])
+    return acq.log_expected_improvement(mean[0], var[0], tau)
+
+
+def _ei_program(restarts, steps):
+    """One jitted program: best log-EI (standardised units) on a predictor, as bo_suggest."""
+
+    def run(key, pred, x, y, mask):
+        bounds = acq.data_bounds(x, mask)
+        tau = acq.incumbent(y, mask, quantile=0.9)
+        f = jax.tree_util.Partial(_log_ei_std, pred, tau)
+        res = acq.maximize(
+            key, f, bounds, None, num_restarts=restarts, num_steps=steps,
+            learning_rate=0.05, min_distance=1e-3,
+        )  # fmt: skip
+        return res.values[0], res.points[0]
+
+    return jax.jit(run)
+
+
+def _synthetic_data(d, n, seed=None):
+    z, y = synthetic(np.random.default_rng(d if seed is None else seed), n, d)
+    return float64_scope(gp.make_data)(z, y, np.ones(n, bool)), z, y
+
+
+@float64_scope
+def _cold_state(args, d):
+    """The cold fit exactly as ``bench_dim`` (bo_suggest without state), and its GP data."""
+    rng = np.random.default_rng(d)
+    z, y = synthetic(rng, args.n, d)
+    mask = np.ones(args.n, bool)
+    config = bo.BOConfig(
+        num_inducing=args.m, n_best=args.n // 5, n_random=args.n - args.n // 5,
+        cold_kernel_steps=args.cold_kernel_steps, cold_steps=args.cold_steps,
+        num_restarts=args.restarts, num_random_starts=args.restarts // 2,
+    )  # fmt: skip
+    k_cold, _ = jax.random.split(jax.random.key(d))
+    t = time.perf_counter()
+    _, state, info = bo.bo_suggest(k_cold, z, y, mask, config=config)
+    cold_s = time.perf_counter() - t
+    data = gp_data(z, y, config, state)
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), state.params)
+    return params, data, cold_s, float(info.elbo)
+
+
+@float64_scope
+def bench_refit(args, d, params, data):
+    """Warm refits from the cold state: fixed 20 L-BFGS vs converged L-BFGS vs converged Adam."""
+    ref = REFERENCE_BOUND.get(d)
+    ei = _ei_program(args.restarts, 200)
+    key = jax.random.key(100 + d)
+    lbfgs, adam = gp.make_optimizer(method="lbfgs"), gp.make_optimizer(0.03)
+    variants = [
+        ("fit, 20 L-BFGS steps (the old default)", "fixed", lbfgs, dict(num_steps=20)),
+        (f"fit_converged L-BFGS (tol 1e-6/pt over 5 its, cap {args.refit_cap})", "conv", lbfgs,
+         dict(max_steps=args.refit_cap, tol=1e-6, window=5)),
+        (f"fit_converged Adam lr 0.03 (tol 2e-5/pt over 20 steps, cap {args.refit_cap})", "conv", adam,
+         dict(max_steps=args.refit_cap, tol=2e-5, window=20)),
+    ]
+    rows = []
+    for name, kind, opt, kw in variants:
+        if kind == "fixed":
+            fn = jax.jit(functools.partial(gp.fit, optimizer=opt, **kw))
+        else:
+            fn = jax.jit(functools.partial(gp.fit_converged, optimizer=opt, **kw))
+        s0 = opt.init(params)
+        t = time.perf_counter()
+        compiled = fn.lower(params, s0, data).compile()
+        compile_s = time.perf_counter() - t
+        t = time.perf_counter()
+        p, _, info = compiled(params, s0, data)
+        jax.block_until_ready(p)
+        fit_s = time.perf_counter() - t
+        steps = int(info.num_steps)
+        trace = -np.asarray(info.loss)[:steps]
+        reach = None
+        if ref is not None and np.any(trace >= ref):
+            reach = (int(np.argmax(trace >= ref)) + 1) * fit_s / steps
+        elif ref is not None and float(info.elbo) >= ref:
+            reach = fit_s
+        pred = gp.build_predictor(p, data)
+        best, _ = ei(key, pred, data.x, data.y, data.mask)
+        row = dict(name=name, seconds=fit_s, compile_s=compile_s, steps=steps,
+                   converged=bool(info.converged), elbo=float(info.elbo), reach_s=reach,
+                   log_ei=float(best), params=p)  # fmt: skip
+        rows.append(row)
+        print(f"[D={d}] refit {name}: {fit_s:.1f} s, {steps} steps, converged {row['converged']}, "
+              f"ELBO {row['elbo']:.1f} (reference {ref}), reaches the reference after "
+              f"{'-' if reach is None else f'{reach:.1f} s'}, best log-EI {row['log_ei']:.4f}", flush=True)
+    return rows
+
+
+@float64_scope
+def bench_incremental(args, d, params, data, refit_rows=None):
+    """Per-query cost: incremental conditioning + EI against a warm refit + build + EI."""
+    n_eval = lambda p: -gp.collapsed_elbo(p, data)  # noqa: E731
+    vg = jax.jit(jax.value_and_grad(n_eval))
+    build = jax.jit(gp.build_predictor)
+    init = jax.jit(gp_update.init_incremental)
+    cond = jax.jit(gp_update.condition_on)
+    stale = jax.jit(gp_update.staleness)
+    ei = _ei_program(args.restarts, 200)
+    key = jax.random.key(7)
+    pred = build(params, data)
+    state = init(pred, data)
+    rng = np.random.default_rng(1)
+    x_new = jnp.asarray(np.asarray(data.x)[:1] + 0.01 * rng.standard_normal((1, data.x.shape[1])))[0]
+    y_new = data.y_mean + data.y_std * 1.5
+    res = dict(
+        eval_s=_median_time(vg, params, reps=args.repeats),
+        build_s=_median_time(build, params, data, reps=args.repeats),
+        update_s=_median_time(cond, state, x_new, y_new, reps=20),
+        stale_s=_median_time(stale, state, reps=20),
+        ei_s=_median_time(lambda: ei(key, pred, data.x, data.y, data.mask), reps=args.repeats),
+    )
+    # exactness at this size: 10 added points against the posterior built from scratch
+    s = state
+    xs = np.asarray(data.x)[:10] + 0.05 * rng.standard_normal((10, data.x.shape[1]))
+    ys = np.asarray(data.y_mean + data.y_std * rng.standard_normal(10))
+    for i in range(10):
+        s = cond(s, xs[i], ys[i])
+    grown = gp.SGPRData(
+        jnp.concatenate([data.x, jnp.asarray(xs)]),
+        jnp.concatenate([data.y, (jnp.asarray(ys) - data.y_mean) / data.y_std]),
+        jnp.concatenate([data.mask, jnp.ones(10, bool)]), data.y_mean, data.y_std,
+    )  # fmt: skip
+    scratch = gp.build_predictor(params, grown, form="solve")
+    xq = jnp.asarray(rng.standard_normal((50, data.x.shape[1])) * 0.5)
+    (m1, v1), (m2, v2) = gp.predict(s.pred, xq), gp.predict(scratch, xq)
+    res["max_mean_err"] = float(jnp.max(jnp.abs(m1 - m2)))
+    res["max_var_err"] = float(jnp.max(jnp.abs(v1 - v2)))
+    res["bound_err"] = float(gp_update.incremental_elbo(s) - gp.collapsed_elbo(params, grown))
+    res["incremental_query_s"] = res["update_s"] + res["stale_s"] + res["ei_s"]
+    refit_steps = {"fixed 20 L-BFGS steps": 20}
+    for r in refit_rows or []:
+        refit_steps[r["name"]] = r["steps"]
+        r_q = r["seconds"] + res["build_s"] + res["ei_s"]
+        r["query_s"] = r_q
+    res["refit_rows"] = refit_rows or []
+    print(f"[D={d}] per query: incremental update {1e3 * res['update_s']:.2f} ms + staleness "
+          f"{1e3 * res['stale_s']:.2f} ms + EI {res['ei_s']:.3f} s = {res['incremental_query_s']:.3f} s; "
+          f"one bound+grad eval {res['eval_s']:.3f} s, predictor build {res['build_s']:.3f} s; "
+          f"10 updates vs scratch: mean {res['max_mean_err']:.1e}, var {res['max_var_err']:.1e}, "
+          f"bound {res['bound_err']:.1e}", flush=True)
+    return res
+
+
+@float64_scope
+def bench_curve(args, d):
+    """The query-cost parts against N (M = args.m) and M (N = args.n)."""
+    rows = []
+    ei = _ei_program(args.restarts, 200)
+    key = jax.random.key(3)
+    configs = [(n, args.m) for n in args.curve_n] + [(args.n, m) for m in args.curve_m if m != args.m]
+    for n, m in configs:
+        data, z, _ = _synthetic_data(d, n)
+        rng = np.random.default_rng(n + m)
+        params = params_from_constrained(
+            z[rng.choice(n, m, replace=False)].astype(np.float64) + 0.01 * rng.standard_normal((m, d)),
+            np.where(np.arange(d) < 8, 1.0, 3.0), 1.0, 0.01,
+        )  # fmt: skip
+        vg = jax.jit(jax.value_and_grad(lambda p, dd: -gp.collapsed_elbo(p, dd)))
+        build = jax.jit(gp.build_predictor)
+        pred = build(params, data)
+        state = gp_update.init_incremental(pred, data)
+        cond = jax.jit(gp_update.condition_on)
+        row = dict(
+            N=n, M=m,
+            eval_s=_median_time(vg, params, data, reps=args.repeats),
+            build_s=_median_time(build, params, data, reps=args.repeats),
+            update_s=_median_time(cond, state, data.x[0], data.y_mean, reps=10),
+            ei_s=_median_time(lambda: ei(key, pred, data.x, data.y, data.mask), reps=args.repeats),
+        )  # fmt: skip
+        rows.append(row)
+        print(f"[D={d}] N={n} M={m}: eval {row['eval_s']:.3f} s, build {row['build_s']:.3f} s, "
+              f"update {1e3 * row['update_s']:.2f} ms, EI {row['ei_s']:.3f} s", flush=True)
+    return rows
+
+
+@float64_scope
+def bench_threads(args, d, rounds=5):
+    """Bound-and-gradient evaluation and a Cholesky at 2 (library default) and 1 LAPACK threads."""
+    data, _, _ = _synthetic_data(d, args.n)
+    params = params_from_constrained(np.asarray(data.x[: args.m]) + 0.01, np.ones(d), 1.0, 0.01)
+    vg = jax.jit(jax.value_and_grad(lambda p: -gp.collapsed_elbo(p, data)))
+    kzz = gp.rbf_kernel(params.inducing, params.inducing, jnp.ones(d), jnp.asarray(1.0)) + 1e-6 * jnp.eye(args.m)
+    chol = jax.jit(jnp.linalg.cholesky)
+    out = {1: dict(eval=[], chol=[]), 2: dict(eval=[], chol=[])}
+    for _ in range(rounds):
+        for th in (2, 1):
+            gp.set_lapack_threads(th)
+            out[th]["eval"].append(_median_time(vg, params, reps=3))
+            out[th]["chol"].append(_median_time(chol, kzz, reps=9))
+    gp.set_lapack_threads(1)
+    res = {th: {k: statistics.median(v) for k, v in o.items()} for th, o in out.items()}
+    res["wins"] = sum(a < b for a, b in zip(out[1]["eval"], out[2]["eval"]))
+    res["rounds"] = rounds
+    print(f"[D={d}] threads: eval 1 thread {res[1]['eval']:.3f} s vs 2 threads {res[2]['eval']:.3f} s "
+          f"(1 faster in {res['wins']}/{rounds} rounds); MxM Cholesky {1e3 * res[1]['chol']:.2f} ms vs "
+          f"{1e3 * res[2]['chol']:.2f} ms", flush=True)
+    return res
+
+
+def _machine():
+    cpu, avx512 = platform.processor() or platform.machine(), False
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        names = [l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")]
+        cpu = names[0] if names else cpu
+        avx512 = " avx512f" in info
+    except OSError:
+        pass
+    return (f"{platform.machine()} CPU ({cpu}), {os.cpu_count()} cores, AVX-512 "
+            f"{'present' if avx512 else 'absent'}, no GPU; jax {jax.__version__}")
+
+
+def gp_markdown(args, out, wall):
+    lines = [
+        f"### GP-level query costs (`--sections {' '.join(args.sections)}`)", "",
+        f"Machine: {_machine()}; shared with a background training job (load average "
+        f"{os.getloadavg()[0]:.1f} at the end), so absolute times are inflated and noisy; every "
+        "comparison below ran in one process, jit warmed up (compile excluded), "
+        "`block_until_ready`, medians of repeats. LAPACK threads: wrjax's import default (1). "
+        f"Command: `{' '.join(['python', 'benchmarks/bo_step.py'] + sys.argv[1:])}` "
+        f"(wall time {wall / 60:.1f} min). N = {args.n:,}, M = {args.m}, {args.restarts} EI "
+        "restarts x 200 ascent steps, synthetic data of `synthetic()`.", "",
+    ]
+    for d, sec in out.items():
+        if "refit" in sec:
+            ref = REFERENCE_BOUND.get(d)
+            lines += [
+                f"**Warm refit from the cold fit, D = {d}** (cold fit by `bo_suggest`, "
+                f"{args.cold_kernel_steps} Adam + {args.cold_steps} L-BFGS: {sec['cold_s']:.0f} s "
+                f"incl. compilation, ELBO {sec['cold_elbo']:.1f}). Reference bound {ref} = GPflow's "
+                "100 Adam steps (recorded; GPflow is not installed beside jax). One timed run "
+                "each after AOT compilation; \"reaches\" = the time at the first step whose "
+                "bound is at least the reference's (steps assumed of equal cost).", "",
+                "| refit | seconds | steps | converged | ELBO | reaches reference after (s) | "
+                "best log-EI (std. units) | query = refit + build + EI (s) |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for r in sec["refit"]:
+                reach = "never" if r["reach_s"] is None else f"{r['reach_s']:.1f}"
+                q = r.get("query_s")
+                lines.append(
+                    f"| {r['name']} | {r['seconds']:.1f} | {r['steps']} | {r['converged']} | "
+                    f"{r['elbo']:.1f} | {reach} | {r['log_ei']:.4f} | "
+                    f"{'-' if q is None else f'{q:.1f}'} |"
+                )
+            lines.append("")
+        if "incremental" in sec:
+            r = sec["incremental"]
+            lines += [
+                f"**Per-query cost, D = {d}**: incremental conditioning "
+                f"(`gp_update.condition_on`) {1e3 * r['update_s']:.2f} ms + `staleness` "
+                f"{1e3 * r['stale_s']:.2f} ms + EI maximisation {r['ei_s']:.3f} s = "
+                f"**{r['incremental_query_s']:.3f} s**; a warm refit costs "
+                f"{r['eval_s']:.3f} s per bound-and-gradient evaluation (x its steps, above) + "
+                f"{r['build_s']:.3f} s predictor build + the same EI. After 10 incremental "
+                f"updates at this size, against `build_predictor` from scratch: max |mean| "
+                f"error {r['max_mean_err']:.1e}, max |var| error {r['max_var_err']:.1e}, bound "
+                f"error {r['bound_err']:.1e} nats.", "",
+            ]
+        if "curve" in sec:
+            lines += [
+                f"**Query-cost parts against N and M, D = {d}** (seconds; \"update\" in ms):", "",
+                "| N | M | bound+grad eval | predictor build | incremental update (ms) | EI max | "
+                "incremental query (update + EI) | refit query, 20 evals + build + EI |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for r in sec["curve"]:
+                lines.append(
+                    f"| {r['N']:,} | {r['M']} | {r['eval_s']:.3f} | {r['build_s']:.3f} | "
+                    f"{1e3 * r['update_s']:.2f} | {r['ei_s']:.3f} | {r['update_s'] + r['ei_s']:.3f} | "
+                    f"{20 * r['eval_s'] + r['build_s'] + r['ei_s']:.2f} |"
+                )
+            lines.append("")
+        if "threads" in sec:
+            r = sec["threads"]
+            lines += [
+                f"**LAPACK threads, D = {d}** ({r['rounds']} interleaved rounds): one "
+                f"bound-and-gradient evaluation {r[1]['eval']:.3f} s with 1 thread against "
+                f"{r[2]['eval']:.3f} s with 2 (1 thread faster in {r['wins']}/{r['rounds']} "
+                f"rounds); an M x M (M = {args.m}) float64 Cholesky {1e3 * r[1]['chol']:.2f} ms against "
+                f"{1e3 * r[2]['chol']:.2f} ms.", "",
+            ]
+    return "\n".join(lines)
+
+
+def write_subsection(path: Path, text: str) -> None:
+    """Replace (or add) a ``### `` subsection of the ``## bo_step`` section."""
+    old = path.read_text()
+    head = text.split("\n", 1)[0].split(" (`--sections")[0]
+    start = old.find("## bo_step")
+    end = old.find("\n## ", start + 1)
+    end = len(old) if end < 0 else end + 1
+    sec = old[start:end]
+    i = sec.find(head)
+    if i >= 0:
+        j = sec.find("\n### ", i + 1)
+        sec = sec[:i] + (sec[j + 1 :] if j >= 0 else "")
+    sec = sec.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n\n"
+    path.write_text(old[:start] + sec + old[end:])
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dims", type=int, nargs="+", default=[25, 56])
@@ -372,14 +716,44 @@ def main():
     p.add_argument("--ref-warm-steps", type=int, default=100)
     p.add_argument("--ref-repeats", type=int, default=1)
     p.add_argument("--no-reference", action="store_true")
+    p.add_argument("--sections", nargs="+", default=["bo", "refit", "incremental", "curve", "threads"],
+                   choices=["bo", "refit", "incremental", "curve", "threads"])
+    p.add_argument("--curve-dim", type=int, default=25)
+    p.add_argument("--refit-cap", type=int, default=200, help="iteration cap of the converged refits")
+    p.add_argument("--curve-n", type=int, nargs="+", default=[1_000, 5_000, 10_000, 20_000, 50_000])
+    p.add_argument("--curve-m", type=int, nargs="+", default=[100, 250, 500, 1_000])
     p.add_argument("--write", action="store_true", help="write the bo_step section of RESULTS.md")
     args = p.parse_args()
     t0 = time.perf_counter()
-    rows = [bench_dim(args, d) for d in args.dims]
-    text = markdown(args, rows, time.perf_counter() - t0)
+    if "bo" in args.sections:
+        rows = [bench_dim(args, d) for d in args.dims]
+        text = markdown(args, rows, time.perf_counter() - t0)
+        print(text)
+        if args.write:
+            write_section(HERE / "RESULTS.md", text)
+    gp_sections = [s for s in args.sections if s != "bo"]
+    if not gp_sections:
+        return
+    t1 = time.perf_counter()
+    out = {}
+    for d in args.dims:
+        sec = out.setdefault(d, {})
+        if "refit" in gp_sections or "incremental" in gp_sections:
+            params, data, sec["cold_s"], sec["cold_elbo"] = _cold_state(args, d)
+            print(f"[D={d}] cold fit {sec['cold_s']:.1f} s, ELBO {sec['cold_elbo']:.1f}", flush=True)
+            if "refit" in gp_sections:
+                sec["refit"] = bench_refit(args, d, params, data)
+                params = sec["refit"][1]["params"]  # the converged L-BFGS fit
+            if "incremental" in gp_sections:
+                sec["incremental"] = bench_incremental(args, d, params, data, sec.get("refit"))
+        if "threads" in gp_sections and d == max(args.dims):
+            sec["threads"] = bench_threads(args, d)
+    if "curve" in gp_sections:
+        out.setdefault(args.curve_dim, {})["curve"] = bench_curve(args, args.curve_dim)
+    text = gp_markdown(args, out, time.perf_counter() - t1)
     print(text)
     if args.write:
-        write_section(HERE / "RESULTS.md", text)
+        write_subsection(HERE / "RESULTS.md", text)
 
 
 if __name__ == "__main__":
