@@ -1,12 +1,13 @@
 """Benchmark: the shapes task as one compiled program, several seeds vmapped vs one by one.
 
 The whole weighted-retraining run on squares2d (weights, fine-tunes, 50x50 grid search,
-appending) is one jitted function of a key (``wrjax.tasks.shapes_task.make_compiled_run``).
+appending) is one jitted function of a key (``wrjax.make_compiled_run``, which scans the
+host driver's steps).
 This times, after compilation, with ``block_until_ready`` and the median of repeats:
 
   * S seeds in one program: ``jit(vmap(run))(keys, params)``;
   * the same S seeds one after another: ``jit(run)(key, params)`` S times;
-  * (reference) one seed through the host-side loop ``wrjax.lso.run`` with the grid
+  * (reference) one seed through the host driver ``wrjax.run`` with the grid
     optimiser, which records, checkpoints and can resume, times S.
 
 Run:  python benchmarks/shapes_seeds.py [--seeds 5] [--budget 500] [--retrain-every 50] [--repeats 3]
@@ -24,11 +25,9 @@ import time
 import jax
 import numpy as np
 
-from wrjax import lso
-from wrjax.tasks import shapes
-from wrjax.tasks.shapes_task import (
-    CompiledRunConfig, checkpoint_for_k, make_compiled_run, make_seeds_run, make_shapes_task,
-)  # fmt: skip
+import wrjax
+from wrjax.loop import make_compiled_run, make_seeds_run
+from wrjax.tasks.shapes_task import make_shapes_task
 
 
 def timed(fn, repeats):
@@ -50,11 +49,12 @@ def main():
     ap.add_argument("--no-host", action="store_true", help="skip the host-loop reference")
     args = ap.parse_args()
 
-    data = shapes.load_shapes("squares2d")
-    model, params, _ = shapes.load_pretrained(str(checkpoint_for_k("squares2d", None)))
-    x, y = data.images[data.train_idx], data.areas[data.train_idx]
-    cfg = CompiledRunConfig(budget=args.budget, retrain_every=args.retrain_every, k=args.k)
-    run = make_compiled_run(model, shapes.grid_points("squares2d"), x, y, cfg)
+    task = make_shapes_task(None, "squares2d")  # the unweighted (k = inf) checkpoint
+    params = task.params
+    config = wrjax.LSOConfig(budget=args.budget, retrain_every=args.retrain_every, k=args.k,
+                             batch_size=32)  # fmt: skip
+    grid = wrjax.grid_optimizer(task)
+    run = make_compiled_run(task, config, optimizer=grid)
     keys = jax.random.split(jax.random.key(0), args.seeds)
     vmapped = make_seeds_run(run)
     single = jax.jit(run)
@@ -75,16 +75,14 @@ def main():
         (f"{args.seeds} seeds, compiled run one after another", t_s, t_s / t_v),
     ]
     if not args.no_host:
-        task = make_shapes_task(None, "squares2d")
-        config = lso.LSOConfig(budget=args.budget, retrain_every=args.retrain_every, k=args.k,
-                               optimizer="grid", batch_size=32)  # fmt: skip
         tmp = tempfile.mkdtemp()
-        lso.run(jax.random.key(99), task, config, workdir=f"{tmp}/warm", progress=False)  # compile
+        wrjax.run(jax.random.key(99), task, config, optimizer=grid, workdir=f"{tmp}/warm",
+                  progress=False)  # compile  # fmt: skip
         t0 = time.perf_counter()
-        lso.run(jax.random.key(0), task, config, workdir=f"{tmp}/run", progress=False)
+        wrjax.run(jax.random.key(0), task, config, optimizer=grid, workdir=f"{tmp}/run", progress=False)
         t_h = (time.perf_counter() - t0) * args.seeds
         shutil.rmtree(tmp)
-        rows.append((f"host loop wrjax.lso.run (1 seed timed, x{args.seeds})", t_h, t_h / t_v))
+        rows.append((f"host driver wrjax.run (1 seed timed, x{args.seeds})", t_h, t_h / t_v))
 
     print(f"machine: {platform.machine()} CPU x{jax.local_device_count()} "
           f"[{jax.devices()[0].platform}], jax {jax.__version__}; squares2d budget {args.budget}, "

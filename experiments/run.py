@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import time
 from pathlib import Path
 
@@ -20,16 +19,15 @@ import jax
 import numpy as np
 
 from experiments import tasks as registry
-from wrjax import metrics
-from wrjax.lso import LSOConfig, run
+from wrjax import LSOConfig, format_k, metrics, run
 
 _LSO_FIELDS = {f.name for f in dataclasses.fields(LSOConfig)}
 
 
-def setting_name(k: float, retrain_every: int | None) -> str:
-    """``k1e-03_r50``, ``kinf_rnever``: the directory of one ablation setting."""
-    kk = "inf" if math.isinf(k) else f"{k:.0e}"
-    return f"k{kk}_r{'never' if retrain_every is None else retrain_every}"
+def setting_name(k, retrain_every: int | None) -> str:
+    """``k1e-3_r50``, ``kinf_rnever``: the directory of one ablation setting (k as
+    :func:`wrjax.format_k` writes it)."""
+    return f"k{format_k(k)}_r{'never' if retrain_every is None else retrain_every}"
 
 
 def parse_retrain(value: str) -> int | None:
@@ -44,6 +42,7 @@ def run_setting(task_name: str, preset: str, overrides: dict, seeds, workdir: Pa
         raise SystemExit(f"task {task_name!r} has presets {sorted(entry.presets)}, not {preset!r}")
     options = {**entry.presets[preset], **overrides}
     options.pop("seeds", None)
+    optimizer_opts = {k: options.pop(k) for k in ("optimizer", "bo") if k in options}
     cfg_fields = {k: v for k, v in options.items() if k in _LSO_FIELDS}
     builder_opts = {k: v for k, v in options.items() if k not in _LSO_FIELDS}
     name = setting_name(cfg_fields.get("k", 1e-3), cfg_fields.get("retrain_every"))
@@ -58,9 +57,11 @@ def run_setting(task_name: str, preset: str, overrides: dict, seeds, workdir: Pa
                 jax.random.key(10_000), preset, k=cfg_fields.get("k"), **builder_opts
             )
         task = task_cache[cache_key]
+        optimizer = registry.make_optimizer(task, **optimizer_opts)
         out = workdir / task_name / name / f"seed{seed}"
         t0 = time.time()
-        result = run(jax.random.key(int(seed)), task, config, workdir=out, progress=progress)
+        result = run(jax.random.key(int(seed)), task, config, optimizer=optimizer, workdir=out,
+                     progress=progress)  # fmt: skip
         summary = dict(result.summary, seed=int(seed), setting=name, dir=str(out),
                        wall_seconds=time.time() - t0)
         summaries.append(summary)

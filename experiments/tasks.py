@@ -1,7 +1,8 @@
 """The task registry of the experiment scripts: name -> (task builder, presets).
 
-A preset is a dict of :class:`wrjax.lso.LSOConfig` fields plus ``seeds`` and the task
-builder's own options. ``smoke`` is a short run for checking that everything works;
+A preset is a dict of :class:`wrjax.LSOConfig` fields plus ``seeds``, the optimiser
+(``optimizer``: ``"grid"`` or ``"gp-ei"``, and ``bo``: a :class:`wrjax.bo.BOConfig` for
+``"gp-ei"``; see :func:`make_optimizer`) and the task builder's own options. ``smoke`` is a short run for checking that everything works;
 ``paper`` follows the paper (budget 500, retrain every 50, k = 1e-3) and the authors'
 released settings (``../shared/AUTHORS-SETTINGS.md``).
 """
@@ -12,8 +13,21 @@ from typing import Any, Callable, NamedTuple
 
 
 class TaskEntry(NamedTuple):
-    build: Callable[..., Any]  # (key, preset_name, **options) -> wrjax.lso.Task
+    build: Callable[..., Any]  # (key, preset_name, **options) -> wrjax.Task
     presets: dict[str, dict]
+
+
+def make_optimizer(task, optimizer: str = "gp-ei", bo=None):
+    """The run's optimiser from a preset's names: the grid, or GP-EI with ``bo``'s two halves
+    (default: the authors' settings)."""
+    import wrjax
+    from wrjax.bo import BOConfig
+
+    if optimizer == "grid":
+        return wrjax.grid_optimizer(task)
+    if optimizer == "gp-ei":
+        return wrjax.make_gp_ei(*(bo or BOConfig()).split())
+    raise SystemExit(f"unknown optimizer {optimizer!r}; choose 'gp-ei' or 'grid'")
 
 
 def _toy(key, preset, **_):

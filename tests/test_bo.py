@@ -1,4 +1,4 @@
-"""Tests for wrjax.bo.bo_suggest: one BO query end to end, warm starts, no recompilation.
+"""Tests for wrjax.bo: one BO query end to end, warm starts, no recompilation, the configs.
 
 One module-scoped run (cold fit, warm refit, warm refit after a new point, cold refit)
 feeds most tests, so the programs compile once. References: a dense grid search of the
@@ -38,13 +38,24 @@ def _objective(z):
     return -np.sum((z - OPT) ** 2, axis=-1) + 0.1 * np.sin(3 * z[:, 0])
 
 
-class _Counter:
-    def __init__(self, fn):
-        self.fn, self.count = fn, 0
+class _TraceEvents:
+    """Counts jaxpr traces (jax.monitoring's public compile events) while active."""
 
-    def __call__(self, *args, **kwargs):
-        self.count += 1
-        return self.fn(*args, **kwargs)
+    EVENT = "/jax/core/compile/jaxpr_trace_duration"
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, event, duration, **kwargs):
+        if event == self.EVENT:
+            self.count += 1
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self)
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +65,7 @@ def runs():
     y = _objective(z).astype(np.float32)
     mask = np.arange(C) < N_VALID
     z[~mask] = np.nan  # garbage in the empty slots must not matter
-    counter = _Counter(gp._collapsed_bound)
-    original = gp._collapsed_bound
-    gp._collapsed_bound = counter  # counts traces: the jitted programs call it only then
-    try:
+    with _TraceEvents() as counter:
         counts = []
         keys = jax.random.split(jax.random.key(0), 4)
         cold = bo.bo_suggest(keys[0], z, y, mask, config=CFG)
@@ -75,8 +83,6 @@ def runs():
         counts.append(counter.count)
         recold = bo.bo_suggest(keys[3], z2, y2, mask2, config=CFG, state=warm2[1], refit_inducing=True)
         counts.append(counter.count)
-    finally:
-        gp._collapsed_bound = original
     return dict(
         z=z, y=y, mask=mask, z2=z2, y2=y2, mask2=mask2, keys=keys,
         cold=cold, warm=warm, warm2=warm2, recold=recold, counts=counts,
@@ -208,3 +214,46 @@ def test_bad_input_raises(runs):
         bo.BOConfig(fit_method="sgd")
     with pytest.raises(ValueError, match="num_random_starts"):
         bo.BOConfig(num_restarts=4, num_random_starts=5)
+    with pytest.raises(ValueError, match=r"GPFitConfig\.num_inducing"):
+        bo.GPFitConfig(num_inducing=0)
+    with pytest.raises(ValueError, match=r"AcquisitionConfig\.incumbent"):
+        bo.AcquisitionConfig(incumbent="median")
+
+
+def test_config_halves_recompile_only_their_program(runs):
+    """A changed acquisition setting reuses the compiled fit program, and vice versa."""
+    fit, acquisition = CFG.split()
+    assert dataclasses.fields(bo.BOConfig) and set(dataclasses.asdict(CFG)) == (
+        set(dataclasses.asdict(fit)) | set(dataclasses.asdict(acquisition)))  # fmt: skip
+    other = dataclasses.replace(CFG, ascent_steps=CFG.ascent_steps + 1)
+    with _TraceEvents() as counter:
+        bo.bo_suggest(runs["keys"][1], runs["z"], runs["y"], runs["mask"], config=other, state=runs["cold"][1])
+    fit_traces = counter.count
+    with _TraceEvents() as counter:
+        bo.bo_suggest(runs["keys"][1], runs["z"], runs["y"], runs["mask"], config=other, state=runs["cold"][1])
+    assert counter.count == 0 and fit_traces > 0  # the new acquisition program, once
+
+
+def test_select_subset_lives_beside_the_optimiser():
+    y = np.array([3.0, 1.0, 2.0, 0.0], np.float32)
+    sub = bo.select_subset(jax.random.key(0), y, np.array([True, True, True, False]), n_best=2, n_random=1)
+    assert set(np.asarray(sub.index)[np.asarray(sub.mask)].tolist()) == {0, 1, 2}
+    assert np.asarray(sub.index)[:2].tolist() == [0, 2]
+    with pytest.raises(ValueError, match="finite"):
+        bo.select_subset(jax.random.key(0), np.array([np.nan, 1.0]), np.array([True, True]),
+                         n_best=1, n_random=1)  # fmt: skip
+
+
+def test_make_gp_ei_is_an_init_propose_pair(runs):
+    from wrjax.loop import ProposeContext
+
+    fit, acquisition = CFG.split()
+    opt = bo.make_gp_ei(fit, acquisition)
+    c = runs["z"].shape[0]
+    ctx = ProposeContext(jnp.asarray(np.nan_to_num(runs["z"])), jnp.asarray(runs["y"]), jnp.asarray(runs["mask"]),
+                         jnp.zeros((c,), bool), None, None, 0, True, 1, 4)  # fmt: skip
+    state = opt.init(ctx)
+    proposal, state = opt.propose(runs["keys"][0], state, ctx)
+    # the same query as bo_suggest's cold fit with the same key
+    np.testing.assert_array_equal(proposal.z, runs["cold"][0])
+    assert isinstance(state, bo.BOState) and np.isfinite(proposal.info["elbo"])

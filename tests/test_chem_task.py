@@ -108,7 +108,7 @@ def _scripted_optimizer(proposals):
         z = np.full((len(objects), ctx.z.shape[1]), 0.1 * (state + 1), np.float32)
         return lso.Proposal(z, list(objects)), state + 1
 
-    return lso.Optimizer(lambda: 0, propose, "scripted")
+    return lso.Optimizer(lambda ctx: 0, propose, "scripted")
 
 
 def test_novelty_invalid_and_untokenisable_in_the_loop(task, tmp_path):
@@ -122,9 +122,9 @@ def test_novelty_invalid_and_untokenisable_in_the_loop(task, tmp_path):
         [None, "C" * 120, "C[Se]C", zinc[i], novel],  # invalid x3, training molecule, novel
         [novel_other_spelling, "CCCCCCCCCCCCOc1ccccc1"],  # already queried, novel
     ]
-    config = lso.LSOConfig(budget=2, retrain_every=None, initial_finetune_epochs=0.0,
-                           optimizer=_scripted_optimizer(proposals))  # fmt: skip
-    res = lso.run(jax.random.key(0), task, config, workdir=tmp_path, progress=False)
+    config = lso.LSOConfig(budget=2, retrain_every=None, initial_finetune_epochs=0.0)
+    res = lso.run(jax.random.key(0), task, config, optimizer=_scripted_optimizer(proposals),
+                  workdir=tmp_path, progress=False)  # fmt: skip
     assert res.status == "complete"
     statuses = [r["status"] for r in res.records]
     assert statuses == ["invalid", "invalid", "invalid", "duplicate", "ok", "duplicate", "ok"]
@@ -140,8 +140,9 @@ def test_short_gp_run_records_true_scores(task, tmp_path):
                   ascent_steps=20, cold_kernel_steps=10, cold_steps=10, warm_steps=5)  # fmt: skip
     # One fine-tune program (1 step each time) keeps the compile cost down.
     config = lso.LSOConfig(budget=4, retrain_every=2, k=1e-3, batch_size=32,
-                           initial_finetune_epochs=0.1, finetune_epochs=0.1, bo=bo)  # fmt: skip
-    res = lso.run(jax.random.key(0), task, config, workdir=tmp_path, progress=False)
+                           initial_finetune_epochs=0.1, finetune_epochs=0.1)  # fmt: skip
+    res = lso.run(jax.random.key(0), task, config, optimizer=lso.gp_ei_optimizer(*bo.split()),
+                  workdir=tmp_path, progress=False)  # fmt: skip
     assert res.status == "complete"
     lines = [json.loads(s) for s in (tmp_path / "records.jsonl").read_text().splitlines()]
     assert lines == json.loads(json.dumps(res.records))

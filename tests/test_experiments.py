@@ -18,8 +18,8 @@ def test_run_cli_writes_records_summary_and_plot(workdir, capsys):
     run_cli.main(["toy", "--budget", "4", "--retrain-every", "2", "--seeds", "0", "1",
                   "--workdir", str(workdir), "--no-progress"])  # fmt: skip
     out = capsys.readouterr().out
-    assert "| k1e-03_r2 | 2 |" in out
-    setting = workdir / "toy" / "k1e-03_r2"
+    assert "| k1e-3_r2 | 2 |" in out
+    setting = workdir / "toy" / "k1e-3_r2"
     for seed in (0, 1):
         records = [json.loads(line) for line in (setting / f"seed{seed}" / "records.jsonl").read_text().splitlines()]
         assert sum(r["eval"] is not None for r in records) == 4
@@ -36,7 +36,7 @@ def test_ablation_runs_the_four_settings(workdir):
     ablation.main(["toy", "--preset", "smoke", "--budget", "3", "--retrain-every", "2",
                    "--workdir", str(workdir / "abl"), "--no-progress"])  # fmt: skip
     table = (workdir / "abl" / "toy" / "ablation.md").read_text()
-    for name in ("kinf_rnever", "kinf_r2", "k1e-03_rnever", "k1e-03_r2"):
+    for name in ("kinf_rnever", "kinf_r2", "k1e-3_rnever", "k1e-3_r2"):
         assert f"| {name} | 1 |" in table
     assert (workdir / "abl" / "toy" / "ablation_topk.png").stat().st_size > 1000
     # --report-only rebuilds the same table from the summaries on disk, running nothing.
@@ -50,7 +50,7 @@ def test_ablation_runs_the_four_settings(workdir):
 
 def test_setting_names():
     assert run_cli.setting_name(float("inf"), None) == "kinf_rnever"
-    assert run_cli.setting_name(1e-3, 50) == "k1e-03_r50"
+    assert run_cli.setting_name(1e-3, 50) == "k1e-3_r50"
     assert run_cli.parse_retrain("none") is None and run_cli.parse_retrain("5") == 5
 
 

@@ -1,25 +1,26 @@
-"""One Bayesian-optimisation query in latent space: subset, SGPR fit, acquisition (appendix C.2).
+"""Bayesian optimisation in latent space: subset, SGPR fit, acquisition (appendix C.2).
 
-:func:`bo_suggest` is what the retraining loop calls once per query. It
+Two pure programs and a factory, optax/blackjax style:
 
-1. picks the GP data from the fixed-capacity buffer ``(z, y, mask)``: the ``n_best`` best,
-   up to ``n_include`` forced points (the points queried in the current cycle, as the
-   authors did), and ``n_random`` random others (:func:`wrjax.gp.select_subset`); the
-   random part is drawn with a key kept in the state, so it stays put within a cycle;
-2. fits the sparse GP: *cold* (k-means inducing points, the authors' initial values and
-   two-phase Adam schedule) when there is no state or the caller passes
-   ``refit_inducing=True`` at the start of a retrain cycle (the latents were re-encoded),
-   otherwise *warm* from the previous fit's parameters and optimiser state;
-3. caches the predictor and maximises (log-)EI from ``num_restarts`` starts inside the
-   authors' box (half ``N(0, I)`` draws, half random points from the top 20% of the data);
-4. for ``batch_size > 1``, adds Kriging-believer fantasies and maximises again.
+* :class:`GPFitConfig`: the GP's data policy (:func:`select_subset`: the ``n_best`` best, up to
+  ``n_include`` forced points, ``n_random`` random others) and its fit, *cold* (k-means
+  inducing points, the authors' initial values and two-phase schedule) at the start of a
+  retrain cycle, *warm* from the previous fit's parameters and optimiser state within it;
+* :class:`AcquisitionConfig`: (log-)EI maximised from ``num_restarts`` starts inside the
+  authors' box (half ``N(0, I)`` draws, half random points from the top 20% of the data);
+  ``batch_size > 1`` adds Kriging-believer fantasies;
+* :func:`make_gp_ei` ``(fit, acquisition) -> Optimizer(init, propose)`` for :func:`wrjax.run`.
 
-It returns NumPy arrays (they survive leaving the float64 scope), ranked distinct
-candidates so that the caller can move to the next one when a decode is invalid or a
-duplicate, the state for the next warm start, and a :class:`BOInfo`.
+:func:`bo_suggest` is one validated query on a masked buffer (with the flat :class:`BOConfig`
+of both halves), for use outside the loop. Each query returns NumPy arrays (they survive
+leaving the float64 scope): ranked distinct candidates, so that the caller can move to the
+next one when a decode is invalid or a duplicate, the state for the next warm start, and a
+:class:`BOInfo`.
 
-Compilation: two jitted programs (fit, acquisition) keyed on the shapes and the
-:class:`BOConfig`; from one query to the next at fixed buffer capacity nothing recompiles.
+Compilation: the fit program is keyed on the :class:`GPFitConfig` and the shapes, the
+acquisition program on the :class:`AcquisitionConfig`; from one query to the next at fixed
+buffer capacity nothing recompiles, and changing one config never recompiles the other
+program.
 """
 
 from __future__ import annotations
@@ -36,16 +37,31 @@ import optax
 
 from wrjax import acquisition as acq
 from wrjax import gp
+from wrjax._checks import check_choice, check_masked_scores, check_unit
+from wrjax.loop.optimizers import Optimizer, Proposal
 from wrjax.precision import float64_scope
+from wrjax.typing import ArrayLike
 
-__all__ = ["BOConfig", "BOState", "BOInfo", "bo_suggest"]
+__all__ = [
+    "GPFitConfig", "AcquisitionConfig", "BOConfig", "BOState", "BOInfo", "select_subset",
+    "make_gp_ei", "bo_suggest",
+]  # fmt: skip
 
 _F64 = jnp.float64
 
 
+def _check_counts(owner: str, config, positive=(), nonneg=()):
+    for name in positive:
+        if getattr(config, name) <= 0:
+            raise ValueError(f"{owner}.{name} must be > 0, got {getattr(config, name)}")
+    for name in nonneg:
+        if getattr(config, name) < 0:
+            raise ValueError(f"{owner}.{name} must be >= 0, got {getattr(config, name)}")
+
+
 @dataclasses.dataclass(frozen=True)
-class BOConfig:
-    """Static settings of :func:`bo_suggest` (hashable; a change recompiles).
+class GPFitConfig:
+    """The GP's data and its fit (static: a change recompiles the fit program only).
 
     Defaults follow the authors (appendix C.2 and their released code) except where noted.
 
@@ -53,7 +69,7 @@ class BOConfig:
       num_inducing: ``M`` inducing points (500).
       n_best, n_random: GP data, the best and random points (2,000 + 8,000).
       n_include: slots for forced points (the current cycle's queries; 0 = none; the loop
-        should set it to at least the number of queries per retrain cycle).
+        raises it to its include capacity).
       kmeans_iters: Lloyd iterations of the k-means initialisation (after k-means++ seeding).
       fit_method: ``"lbfgs"`` (default; optax L-BFGS with a zoom line search, re-initialised
         at every fit) or ``"adam"`` (the authors'). A deviation from the authors, for speed:
@@ -71,6 +87,41 @@ class BOConfig:
         changes by less than 5e-4 per 100 steps).
       kernel_learning_rate, learning_rate: Adam rates of the two phases (0.1, 0.03).
       jitter: base Kzz jitter relative to the signal variance (grown on failure).
+    """
+
+    num_inducing: int = 500
+    n_best: int = 2000
+    n_random: int = 8000
+    n_include: int = 0
+    kmeans_iters: int = 10
+    fit_method: str = "lbfgs"
+    cold_kernel_steps: int = 100
+    cold_steps: int = 100
+    warm_steps: int = 20
+    kernel_learning_rate: float = 0.1
+    learning_rate: float = 0.03
+    jitter: float = 1e-6
+
+    def __post_init__(self):
+        owner = type(self).__name__
+        _check_counts(owner, self, positive=("num_inducing",), nonneg=(
+            "n_best", "n_random", "n_include", "kmeans_iters", "cold_kernel_steps", "cold_steps",
+            "warm_steps"))  # fmt: skip
+        if self.n_best + self.n_random + self.n_include <= 0:
+            raise ValueError(f"{owner}: n_best + n_random + n_include must be > 0")
+        check_choice(f"{owner}.fit_method", self.fit_method, ("adam", "lbfgs"))
+        for name in ("kernel_learning_rate", "learning_rate"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{owner}.{name} must be > 0, got {getattr(self, name)}")
+        if not self.jitter >= 0:
+            raise ValueError(f"{owner}.jitter must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class AcquisitionConfig:
+    """How candidates are found on the fitted GP (static: recompiles the acquisition only).
+
+    Attributes:
       acquisition: ``"log-ei"`` (default) or ``"ei"``. Both have the same maximiser; log-EI
         is the default because EI and its gradient underflow to exactly 0 a few standard
         deviations below the incumbent, where many random starts land, while log-EI keeps a
@@ -98,18 +149,6 @@ class BOConfig:
         (they query one point per iteration).
     """
 
-    num_inducing: int = 500
-    n_best: int = 2000
-    n_random: int = 8000
-    n_include: int = 0
-    kmeans_iters: int = 10
-    fit_method: str = "lbfgs"
-    cold_kernel_steps: int = 100
-    cold_steps: int = 100
-    warm_steps: int = 20
-    kernel_learning_rate: float = 0.1
-    learning_rate: float = 0.03
-    jitter: float = 1e-6
     acquisition: str = "log-ei"
     incumbent: str = "quantile"
     incumbent_quantile: float = 0.9
@@ -125,37 +164,44 @@ class BOConfig:
     batch_strategy: str = "kriging-believer"
 
     def __post_init__(self):
-        positive = ("num_inducing", "num_restarts", "batch_size")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"BOConfig.{name} must be > 0, got {getattr(self, name)}")
-        nonneg = (
-            "n_best", "n_random", "n_include", "kmeans_iters", "cold_kernel_steps",
-            "cold_steps", "warm_steps", "ascent_steps", "num_random_starts",
-        )  # fmt: skip
-        for name in nonneg:
-            if getattr(self, name) < 0:
-                raise ValueError(f"BOConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.n_best + self.n_random + self.n_include <= 0:
-            raise ValueError("BOConfig: n_best + n_random + n_include must be > 0")
+        owner = type(self).__name__
+        _check_counts(owner, self, positive=("num_restarts", "batch_size"),
+                      nonneg=("ascent_steps", "num_random_starts"))  # fmt: skip
         if self.num_random_starts > self.num_restarts:
-            raise ValueError("BOConfig.num_random_starts must be <= num_restarts")
-        if self.fit_method not in ("adam", "lbfgs"):
-            raise ValueError(f"BOConfig.fit_method must be 'adam' or 'lbfgs', got {self.fit_method!r}")
-        if self.acquisition not in ("ei", "log-ei"):
-            raise ValueError(f"BOConfig.acquisition must be 'ei' or 'log-ei', got {self.acquisition!r}")
-        if self.incumbent not in ("quantile", "best"):
-            raise ValueError(f"BOConfig.incumbent must be 'quantile' or 'best', got {self.incumbent!r}")
-        if self.batch_strategy not in ("kriging-believer",):
-            raise ValueError(f"unknown BOConfig.batch_strategy {self.batch_strategy!r}")
+            raise ValueError(f"{owner}.num_random_starts must be <= num_restarts")
+        check_choice(f"{owner}.acquisition", self.acquisition, ("ei", "log-ei"))
+        check_choice(f"{owner}.incumbent", self.incumbent, ("quantile", "best"))
+        check_choice(f"{owner}.batch_strategy", self.batch_strategy, ("kriging-believer",))
         for name in ("incumbent_quantile", "good_quantile", "bound_quantile"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"BOConfig.{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("kernel_learning_rate", "learning_rate", "ascent_learning_rate", "bound_scale"):
+            check_unit(f"{owner}.{name}", getattr(self, name))
+        for name in ("ascent_learning_rate", "bound_scale"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"BOConfig.{name} must be > 0, got {getattr(self, name)}")
-        if not self.jitter >= 0 or not self.min_distance >= 0:
-            raise ValueError("BOConfig.jitter and min_distance must be >= 0")
+                raise ValueError(f"{owner}.{name} must be > 0, got {getattr(self, name)}")
+        if not self.min_distance >= 0:
+            raise ValueError(f"{owner}.min_distance must be >= 0")
+
+
+_FIT_NAMES = tuple(f.name for f in dataclasses.fields(GPFitConfig))
+_ACQ_NAMES = tuple(f.name for f in dataclasses.fields(AcquisitionConfig))
+
+
+@dataclasses.dataclass(frozen=True)
+class BOConfig(GPFitConfig, AcquisitionConfig):
+    """Both halves in one flat config, for :func:`bo_suggest` (every field of
+    :class:`GPFitConfig` and :class:`AcquisitionConfig`, with their defaults).
+
+    >>> fit, acquisition = BOConfig(num_inducing=100, num_restarts=10).split()
+    >>> fit.num_inducing, acquisition.num_restarts
+    (100, 10)
+    """
+
+    def __post_init__(self):
+        self.split()  # validates both halves
+
+    def split(self) -> tuple[GPFitConfig, AcquisitionConfig]:
+        """``(GPFitConfig, AcquisitionConfig)`` with this config's values."""
+        return (GPFitConfig(**{n: getattr(self, n) for n in _FIT_NAMES}),
+                AcquisitionConfig(**{n: getattr(self, n) for n in _ACQ_NAMES}))
 
 
 class BOState(NamedTuple):
@@ -167,7 +213,7 @@ class BOState(NamedTuple):
 
 
 class BOInfo(NamedTuple):
-    """Diagnostics of one :func:`bo_suggest` call (host values)."""
+    """Diagnostics of one query (host values)."""
 
     cold: bool  # whether this was a cold fit
     elbo: float  # collapsed ELBO after the fit (nats, standardised targets)
@@ -184,45 +230,114 @@ class BOInfo(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------
+# The GP's data: a subset of the buffer
+# --------------------------------------------------------------------------------------------
+
+
+def select_subset(
+    key: jax.Array,
+    y: ArrayLike,
+    mask: ArrayLike,
+    *,
+    n_best: int,
+    n_random: int,
+    include: ArrayLike | None = None,
+    n_include: int = 0,
+) -> gp.Subset:
+    """The ``n_best`` highest scores, up to ``n_include`` forced points, and ``n_random`` others.
+
+    The GP data of appendix C.2: the 2,000 best plus 8,000 random points of the buffer; the
+    authors also add every point queried in the current retrain cycle (pass them as
+    ``include`` with ``n_include`` slots for them). Shapes are static: the result always has
+    ``S = min(n_best + n_include + n_random, C)`` entries, and when fewer valid points exist
+    the extra entries are masked out. The three groups are disjoint: forced points that are
+    already among the best take no second slot, and the random draw (uniform without
+    replacement, by random priority) is over the valid points in neither group. Forced points
+    beyond ``n_include`` join the random pool.
+
+    With the same ``key`` the random priorities per slot are the same, so the random part is
+    stable while a buffer grows (the loop keeps one key per retrain cycle).
+
+    Args:
+      key: PRNG key for the random part.
+      y: ``(C,)`` scores (higher is better).
+      mask: ``(C,)`` bool validity of the buffer slots.
+      n_best, n_random, n_include: static sizes of the three groups (>= 0).
+      include: optional ``(C,)`` bool, points that must be included (masked slots ignored).
+
+    Returns:
+      :class:`wrjax.gp.Subset` with ``index (S,)`` int32 and ``mask (S,)`` bool.
+    """
+    for name, v in (("n_best", n_best), ("n_random", n_random), ("n_include", n_include)):
+        if int(v) != v or v < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {v}")
+    if n_best + n_random + n_include <= 0:
+        raise ValueError("select_subset needs n_best + n_random + n_include > 0")
+    check_masked_scores(y, mask, name="y")
+    return _select_subset(key, y, mask, n_best=n_best, n_random=n_random, include=include,
+                          n_include=n_include)
+
+
+def _select_subset(key, y, mask, *, n_best, n_random, include=None, n_include=0) -> gp.Subset:
+    """The pure core of :func:`select_subset` (static sizes, no checks; traceable)."""
+    y = jnp.asarray(y)
+    mask = jnp.asarray(mask, bool)
+    c = y.shape[0]
+    include = jnp.zeros((c,), bool) if include is None else jnp.asarray(include, bool)
+    if include.shape != (c,):
+        raise ValueError(f"include must have shape {(c,)}, got {include.shape}")
+
+    neg = jnp.asarray(-jnp.inf, jnp.float32)
+    slot = jnp.arange(c, dtype=jnp.int32)
+    taken = jnp.zeros((c,), bool)
+    parts_i, parts_m = [], []
+
+    def take(priority, eligible, k):
+        # top-k by priority among eligible slots; masked entries when fewer are eligible
+        if k == 0:
+            return jnp.zeros((0,), jnp.int32), jnp.zeros((0,), bool)
+        vals, idx = jax.lax.top_k(jnp.where(eligible, priority, neg), k)
+        return idx.astype(jnp.int32), jnp.isfinite(vals)
+
+    score = y.astype(jnp.float32)
+    k_best = min(n_best, c)
+    i_best, m_best = take(score, mask, k_best)
+    taken = taken.at[i_best].set(m_best)
+    parts_i.append(i_best)
+    parts_m.append(m_best)
+
+    k_inc = min(n_include, c - k_best)
+    # forced points: prefer later slots (the most recent queries) when over capacity
+    i_inc, m_inc = take(slot.astype(jnp.float32), include & mask & ~taken, k_inc)
+    taken = taken.at[i_inc].set(m_inc | taken[i_inc])
+    parts_i.append(i_inc)
+    parts_m.append(m_inc)
+
+    k_rand = min(n_random, c - k_best - k_inc)
+    u = jax.random.uniform(key, (c,), jnp.float32)
+    i_rand, m_rand = take(u, mask & ~taken, k_rand)
+    parts_i.append(i_rand)
+    parts_m.append(m_rand)
+    return gp.Subset(jnp.concatenate(parts_i), jnp.concatenate(parts_m))
+
+
+# --------------------------------------------------------------------------------------------
 # The two jitted programs
 # --------------------------------------------------------------------------------------------
 
-_FIT_FIELDS = (
-    "num_inducing", "n_best", "n_random", "n_include", "kmeans_iters", "fit_method",
-    "cold_kernel_steps", "cold_steps", "warm_steps", "kernel_learning_rate", "learning_rate",
-    "jitter",
-)  # fmt: skip
-
-
-def _fit_key(config: BOConfig) -> BOConfig:
-    """The config with every field the fit program ignores reset, so they never recompile it."""
-    base = BOConfig()
-    return dataclasses.replace(
-        base, **{f.name: getattr(config, f.name) for f in dataclasses.fields(BOConfig) if f.name in _FIT_FIELDS}
-    )
-
-
-def _acq_key(config: BOConfig) -> BOConfig:
-    """The config with every field the acquisition program ignores reset."""
-    base = BOConfig()
-    return dataclasses.replace(
-        base, **{f.name: getattr(config, f.name) for f in dataclasses.fields(BOConfig) if f.name not in _FIT_FIELDS}
-    )
-
-
 
 def _ei_at(pred, tau, x):
-    mean, var = gp._predict_standardized(pred, x[None, :])
+    mean, var = gp.predict_standardized(pred, x[None, :])
     return pred.y_std * acq.expected_improvement(mean[0], var[0], (tau - pred.y_mean) / pred.y_std)
 
 
 def _log_ei_at(pred, tau, x):
-    mean, var = gp._predict_standardized(pred, x[None, :])
+    mean, var = gp.predict_standardized(pred, x[None, :])
     u_tau = (tau - pred.y_mean) / pred.y_std
     return jnp.log(pred.y_std) + acq.log_expected_improvement(mean[0], var[0], u_tau)
 
 
-def _acq_partial(config: BOConfig, pred, tau):
+def _acq_partial(config: AcquisitionConfig, pred, tau):
     fn = _log_ei_at if config.acquisition == "log-ei" else _ei_at
     return jax.tree_util.Partial(fn, pred, tau)
 
@@ -237,8 +352,8 @@ class _FitOut(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "cold"))
-def _fit_program(key, subset_key, z, y, mask, include, state_params, state_opt, *, config, cold):
-    sub = gp.select_subset(
+def _fit_program(key, subset_key, z, y, mask, include, state_params, state_opt, *, config: GPFitConfig, cold):
+    sub = _select_subset(
         subset_key,
         y,
         mask,
@@ -311,7 +426,7 @@ def _starts(key, data, bounds, config):
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
-def _acq_program(key, pred, data, *, config):
+def _acq_program(key, pred, data, *, config: AcquisitionConfig):
     bounds = acq.data_bounds(
         data.x, data.mask, quantile=config.bound_quantile, scale=config.bound_scale
     )
@@ -326,7 +441,7 @@ def _acq_program(key, pred, data, *, config):
     starts = _starts(jax.random.fold_in(key, 0), data, bounds, config)
 
     def run(k, p, t):
-        return acq._maximize(
+        return acq.maximize(
             k, _acq_partial(config, p, t), bounds, starts,
             num_restarts=config.num_restarts, num_steps=config.ascent_steps,
             learning_rate=config.ascent_learning_rate, min_distance=config.min_distance,
@@ -341,7 +456,7 @@ def _acq_program(key, pred, data, *, config):
         # Kriging believer: pretend f(x) = its posterior mean; the fantasy also counts as an
         # observation for the incumbent, otherwise (with a low quantile incumbent) EI at x
         # stays almost unchanged and the same point is picked again
-        mean, _ = gp._predict_standardized(p, x[None, :])
+        mean, _ = gp.predict_standardized(p, x[None, :])
         y_x = mean[0] * p.y_std + p.y_mean
         return gp.add_observation(p, x, y_x), jnp.maximum(t, y_x)
 
@@ -370,32 +485,8 @@ def _acq_program(key, pred, data, *, config):
 
 
 # --------------------------------------------------------------------------------------------
-# Public entry point
+# One query, the optimiser, and the validated entry point
 # --------------------------------------------------------------------------------------------
-
-
-def _validate(z, y, mask, include, config, state):
-    z, y, mask = np.asarray(z), np.asarray(y), np.asarray(mask)
-    if z.ndim != 2:
-        raise ValueError(f"z must be 2-D (C, D), got shape {z.shape}")
-    c, d = z.shape
-    if y.shape != (c,) or mask.shape != (c,):
-        raise ValueError(f"y and mask must have shape ({c},), got {y.shape} and {mask.shape}")
-    if mask.dtype != np.bool_:
-        raise ValueError(f"mask must be boolean, got dtype {mask.dtype}")
-    if not mask.any():
-        raise ValueError("no valid point: the mask selects nothing (empty buffer)")
-    if not np.isfinite(z[mask]).all() or not np.isfinite(y[mask]).all():
-        raise ValueError("z and y must be finite on valid slots; mask out failed points")
-    if include is not None and np.shape(include) != (c,):
-        raise ValueError(f"include must have shape ({c},), got {np.shape(include)}")
-    if state is not None:
-        zs = np.shape(state.params.inducing)
-        if zs != (config.num_inducing, d):
-            raise ValueError(
-                f"state has inducing points of shape {zs}, expected {(config.num_inducing, d)}: "
-                "pass state=None (or refit_inducing=True) after changing the latent size or M"
-            )
 
 
 def _np_tree(tree):
@@ -403,16 +494,126 @@ def _np_tree(tree):
 
 
 @float64_scope
+def _suggest(key, z, y, mask, *, fit: GPFitConfig, acquisition: AcquisitionConfig,
+             state: BOState | None, cold: bool, include) -> tuple[np.ndarray, BOState, BOInfo]:
+    """One query, unvalidated (the caller checked the inputs): fit, then maximise."""
+    t0 = time.perf_counter()
+    key = jnp.asarray(key)
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)  # a raw uint32 key (jax.random.PRNGKey)
+    k_subset, k_init, k_acq = jax.random.split(key, 3)
+    c = np.shape(z)[0]
+    include = jnp.zeros((c,), bool) if include is None else jnp.asarray(include, bool)
+    subset_key = k_subset if cold else jax.random.wrap_key_data(jnp.asarray(state.subset_key))
+    if cold:
+        s_params, s_opt = None, None
+    else:
+        s_params = jax.tree.map(lambda a: jnp.asarray(a, _F64), state.params)
+        s_opt = jax.tree.map(jnp.asarray, state.opt_state)
+    out = _fit_program(
+        k_init, subset_key, jnp.asarray(z, _F64), jnp.asarray(y, _F64), jnp.asarray(mask, bool),
+        include, s_params, s_opt, config=fit, cold=cold,
+    )  # fmt: skip
+    jax.block_until_ready(out)
+    t1 = time.perf_counter()
+    res = _acq_program(k_acq, out.pred, out.data, config=acquisition)
+    jax.block_until_ready(res)
+    t2 = time.perf_counter()
+    pts, vals = _ranked_candidates(res, acquisition)
+    new_state = BOState(_np_tree(out.params), _np_tree(out.opt_state),
+                        np.asarray(jax.random.key_data(subset_key)))  # fmt: skip
+    info = BOInfo(
+        cold=cold, elbo=float(out.info.elbo), loss=np.asarray(out.info.loss),
+        jitter=float(max(out.info.jitter, out.pred.jitter)), skipped_steps=int(out.info.skipped),
+        num_data=int(out.num_data), incumbent=float(res.tau), acquisition_values=vals,
+        bounds=np.asarray(res.bounds), fit_seconds=t1 - t0, acquisition_seconds=t2 - t1,
+        total_seconds=time.perf_counter() - t0,
+    )  # fmt: skip
+    return pts.astype(np.float32), new_state, info
+
+
+def _ranked_candidates(res: _AcqOut, config: AcquisitionConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct candidates best first: the batch (q > 1) then the other first-round ones."""
+    first = _np_tree(res.first)
+    pts, vals = first.points[first.distinct], first.values[first.distinct]
+    if config.batch_size == 1:
+        return pts, vals
+    tol = config.min_distance * np.asarray(res.bounds[1] - res.bounds[0])
+    batch = np.asarray(res.batch)
+    rest = [i for i in range(len(pts)) if not np.any(np.all(np.abs(batch - pts[i]) <= tol, axis=-1))]
+    return np.concatenate([batch, pts[rest]]), np.concatenate([np.asarray(res.batch_values), vals[rest]])
+
+
+def make_gp_ei(fit: GPFitConfig = GPFitConfig(),
+               acquisition: AcquisitionConfig = AcquisitionConfig()) -> Optimizer:
+    """Sparse-GP expected improvement (appendix C.2) as an optimiser for :func:`wrjax.run`.
+
+    The GP is fitted cold (k-means inducing points, a new random subset) at the start of
+    each cycle, when the latents have been re-encoded, and refitted warm after every query
+    within the cycle; the cycle's queries (and re-proposed known points) are forced into the
+    GP data, with ``n_include`` raised to the loop's static bound so that the programs never
+    change during a run. Inputs are not re-checked per query: the loop's buffer holds only
+    finite scores.
+
+    >>> opt = make_gp_ei(GPFitConfig(num_inducing=100), AcquisitionConfig(num_restarts=10))
+    >>> opt.name, opt.config["fit"]["num_inducing"]
+    ('gp-ei', 100)
+    """
+    fit_for = functools.lru_cache(maxsize=8)(
+        lambda capacity: dataclasses.replace(fit, n_include=max(fit.n_include, capacity))
+    )
+
+    def init(ctx):
+        return None  # no state: the first query of a cycle fits cold
+
+    def propose(key, state, ctx):
+        cands, new_state, info = _suggest(
+            key, ctx.z, ctx.y, ctx.mask, fit=fit_for(ctx.include_capacity),
+            acquisition=acquisition, state=state, cold=state is None or bool(ctx.cycle_start),
+            include=ctx.in_cycle,
+        )  # fmt: skip
+        stats = {
+            "elbo": info.elbo, "jitter": info.jitter,
+            "acq_best": float(info.acquisition_values[0]) if len(info.acquisition_values) else None,
+            "fit_seconds": info.fit_seconds, "acq_seconds": info.acquisition_seconds,
+        }  # fmt: skip
+        return Proposal(cands, None, stats), new_state
+
+    config = {"fit": dataclasses.asdict(fit), "acquisition": dataclasses.asdict(acquisition)}
+    return Optimizer(init, propose, "gp-ei", config)
+
+
+def _check_inputs(z, y, mask, include, fit: GPFitConfig, state):
+    z = np.asarray(z)
+    if z.ndim != 2:
+        raise ValueError(f"z must be 2-D (C, D), got shape {z.shape}")
+    c, d = z.shape
+    if np.shape(y) != (c,):
+        raise ValueError(f"y must have shape ({c},) like z's rows, got {np.shape(y)}")
+    check_masked_scores(y, mask, name="y")
+    if not np.isfinite(z[np.asarray(mask)]).all():
+        raise ValueError("z and y must be finite on valid slots; mask out failed points")
+    if include is not None and np.shape(include) != (c,):
+        raise ValueError(f"include must have shape ({c},), got {np.shape(include)}")
+    if state is not None:
+        zs = np.shape(state.params.inducing)
+        if zs != (fit.num_inducing, d):
+            raise ValueError(
+                f"state has inducing points of shape {zs}, expected {(fit.num_inducing, d)}: "
+                "pass state=None (or refit_inducing=True) after changing the latent size or M"
+            )
+
+
 def bo_suggest(
     key: jax.Array,
-    z,
-    y,
-    mask,
+    z: ArrayLike,
+    y: ArrayLike,
+    mask: ArrayLike,
     *,
     config: BOConfig = BOConfig(),
     state: BOState | None = None,
     refit_inducing: bool = False,
-    include=None,
+    include: ArrayLike | None = None,
 ) -> tuple[np.ndarray, BOState, BOInfo]:
     """Fit the sparse GP on the buffer and propose the next latent point(s) by (log-)EI.
 
@@ -440,64 +641,7 @@ def bo_suggest(
       ValueError: on malformed input (shapes, non-finite valid entries, empty mask, a
         state that does not match ``config``/``D``).
     """
-    _validate(z, y, mask, include, config, state)
-    t0 = time.perf_counter()
-    key = jnp.asarray(key)
-    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.wrap_key_data(key)  # a raw uint32 key (jax.random.PRNGKey)
-    k_subset, k_init, k_acq = jax.random.split(key, 3)
-    cold = state is None or bool(refit_inducing)
-    c = np.shape(z)[0]
-    include = np.zeros((c,), bool) if include is None else np.asarray(include, bool)
-    subset_key = k_subset if cold else jax.random.wrap_key_data(jnp.asarray(state.subset_key))
-    zf = jnp.asarray(z, _F64)
-    yf = jnp.asarray(y, _F64)
-    mask = jnp.asarray(mask, bool)
-    if cold:
-        s_params, s_opt = None, None
-    else:
-        s_params = jax.tree.map(lambda a: jnp.asarray(a, _F64), state.params)
-        s_opt = jax.tree.map(jnp.asarray, state.opt_state)
-    out = _fit_program(
-        k_init, subset_key, zf, yf, mask, jnp.asarray(include), s_params, s_opt,
-        config=_fit_key(config), cold=cold,
-    )  # fmt: skip
-    jax.block_until_ready(out)
-    t1 = time.perf_counter()
-    res = _acq_program(k_acq, out.pred, out.data, config=_acq_key(config))
-    jax.block_until_ready(res)
-    t2 = time.perf_counter()
-
-    first = _np_tree(res.first)
-    width = np.asarray(res.bounds[1] - res.bounds[0])
-    tol = config.min_distance * width
-    pts = first.points[first.distinct]
-    vals = first.values[first.distinct]
-    if config.batch_size > 1:
-        batch = np.asarray(res.batch)
-        rest = [
-            i for i in range(len(pts))
-            if not np.any(np.all(np.abs(batch - pts[i]) <= tol, axis=-1))
-        ]  # fmt: skip
-        pts = np.concatenate([batch, pts[rest]])
-        vals = np.concatenate([np.asarray(res.batch_values), vals[rest]])
-    new_state = BOState(
-        params=_np_tree(out.params),
-        opt_state=_np_tree(out.opt_state),
-        subset_key=np.asarray(jax.random.key_data(subset_key)),
-    )
-    info = BOInfo(
-        cold=cold,
-        elbo=float(out.info.elbo),
-        loss=np.asarray(out.info.loss),
-        jitter=float(max(out.info.jitter, out.pred.jitter)),
-        skipped_steps=int(out.info.skipped),
-        num_data=int(out.num_data),
-        incumbent=float(res.tau),
-        acquisition_values=vals,
-        bounds=np.asarray(res.bounds),
-        fit_seconds=t1 - t0,
-        acquisition_seconds=t2 - t1,
-        total_seconds=time.perf_counter() - t0,
-    )
-    return pts.astype(np.float32), new_state, info
+    fit, acquisition = config.split()
+    _check_inputs(z, y, mask, include, fit, state)
+    return _suggest(key, z, y, mask, fit=fit, acquisition=acquisition, state=state,
+                    cold=state is None or bool(refit_inducing), include=include)  # fmt: skip

@@ -1,4 +1,10 @@
-"""Type aliases shared across wrjax (jaxtyping shape strings are documentation only)."""
+"""Type aliases shared across wrjax.
+
+The jaxtyping shape strings (``Float[jax.Array, "C D"]``) are documentation: annotations
+are not evaluated at run time (``from __future__ import annotations`` everywhere), so they
+cost nothing and enforce nothing; shapes are checked at the public boundaries
+(:mod:`wrjax._checks`).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,10 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 PyTree = Any
 Scalar = float | jax.Array
-#: maps (scores (N,), mask (N,)) to normalised weights (N,), exactly 0 on masked slots.
+#: maps (scores (N,), mask (N,)[, k]) to normalised weights (N,), exactly 0 on masked slots.
 WeightFn = Callable[..., jax.Array]
+#: ``k`` as a function of the retrain cycle (0, 1, ...), e.g. :func:`wrjax.geometric_k`.
+KSchedule = Callable[[int], float]
 
 __all__ = [
     "Array",
@@ -22,4 +30,5 @@ __all__ = [
     "PyTree",
     "Scalar",
     "WeightFn",
+    "KSchedule",
 ]

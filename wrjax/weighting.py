@@ -12,15 +12,16 @@ clear message; inside a jax transformation no check can run and invalid input gi
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wrjax.precision import is_tracer
-from wrjax.typing import ArrayLike
+from wrjax._checks import check_masked_scores, check_positive
+from wrjax.typing import ArrayLike, Bool, Float, KSchedule, WeightFn
 
 __all__ = [
     "rank_weights",
@@ -30,8 +31,13 @@ __all__ = [
     "rwr_weights",
     "make_weight_fn",
     "KSchedule",
+    "ConstantK",
+    "GeometricK",
     "constant_k",
     "geometric_k",
+    "format_k",
+    "k_values",
+    "make_cycle_weight_fn",
     "max_rank_weight",
 ]
 
@@ -40,37 +46,14 @@ _F32 = jnp.float32
 
 def _prepare(scores: ArrayLike, mask: ArrayLike | None) -> tuple[jax.Array, jax.Array]:
     """Validate (when concrete) and convert ``scores``/``mask`` to float32 / bool arrays."""
-    if not is_tracer(scores):
-        s = np.asarray(scores)
-        if s.ndim != 1:
-            raise ValueError(f"scores must be 1-D (N,), got shape {s.shape}")
-        if not (np.issubdtype(s.dtype, np.floating) or np.issubdtype(s.dtype, np.integer)):
-            raise ValueError(f"scores must be real numbers, got dtype {s.dtype}")
-        m = np.ones(s.shape, bool) if mask is None or is_tracer(mask) else np.asarray(mask)
-        if m.shape != s.shape:
-            raise ValueError(f"mask shape {m.shape} does not match scores shape {s.shape}")
-        if m.dtype != np.bool_:
-            raise ValueError(f"mask must be boolean, got dtype {m.dtype}")
-        if not m.any():
-            raise ValueError("no valid point: the mask selects nothing (empty dataset)")
-        bad = ~np.isfinite(s) & m
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise ValueError(
-                f"scores must be finite on valid slots; slot {i} is {s[i]} "
-                f"({int(bad.sum())} non-finite in all). Record such points and mask them out."
-            )
+    check_masked_scores(scores, mask)
     scores = jnp.asarray(scores).astype(_F32)
     mask = jnp.ones(scores.shape, bool) if mask is None else jnp.asarray(mask, bool)
     return scores, mask
 
 
 def _check_positive(name: str, value) -> None:
-    if is_tracer(value):
-        return
-    v = float(value)
-    if math.isnan(v) or v <= 0:
-        raise ValueError(f"{name} must be > 0 (use {name}=inf for uniform weights), got {v}")
+    check_positive(name, value, hint=f" (use {name}=inf for uniform weights)")
 
 
 def _normalise(raw: jax.Array, mask: jax.Array) -> jax.Array:
@@ -101,8 +84,8 @@ def _rank_weights(scores: jax.Array, mask: jax.Array, k: jax.Array) -> jax.Array
 
 
 def rank_weights(
-    scores: ArrayLike, k: float | ArrayLike, mask: ArrayLike | None = None
-) -> jax.Array:
+    scores: Float[ArrayLike, "N"], k: float | ArrayLike, mask: Bool[ArrayLike, "N"] | None = None
+) -> Float[jax.Array, "N"]:
     """Rank-based weights of eq. 3: ``w_i ∝ 1 / (k N + rank_i)``, normalised over valid slots.
 
     ``rank_i`` is the number of *valid* points with a strictly greater score (zero-based;
@@ -214,35 +197,108 @@ def make_weight_fn(scheme: str = "rank", **params) -> Callable[..., jax.Array]:
     return lambda scores, mask=None: fn(scores, mask, **params)
 
 
-class KSchedule(NamedTuple):
-    """A weighting schedule: ``k`` as a function of the retrain cycle (0, 1, 2, ...)."""
+def make_cycle_weight_fn(scheme: str = "rank", **params) -> WeightFn:
+    """``weight_fn(scores, mask, k) -> weights`` for the retraining loop, checked once here.
 
-    fn: Callable[[int], float]
+    ``k`` is an argument (it may change per cycle and is traced under jit); the schemes other
+    than ``"rank"`` ignore it. ``params`` are the scheme's other parameters, as in
+    :func:`make_weight_fn`.
+    """
+    make_weight_fn(scheme, **({"k": 1.0} if scheme == "rank" else {}), **params)  # validate
+    if scheme == "rank":
+        return lambda scores, mask, k: rank_weights(scores, k, mask)
+    fn = make_weight_fn(scheme, **params)
+    return lambda scores, mask, k: fn(scores, mask)
+
+
+# --------------------------------------------------------------------------------------------
+# k: a number or a schedule over retrain cycles
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ConstantK:
+    """The paper's setting: the same ``k`` at every retrain cycle (a plain float does the same)."""
+
+    k: float
+
+    def __post_init__(self):
+        _check_positive("k", self.k)
 
     def __call__(self, cycle: int) -> float:
-        return self.fn(cycle)
+        return float(self.k)
+
+    def __str__(self) -> str:
+        return format_k(self.k)
 
 
-def constant_k(k: float) -> KSchedule:
-    """The paper's setting: the same ``k`` at every retrain cycle."""
-    _check_positive("k", k)
-    return KSchedule(lambda cycle: float(k))
-
-
-def geometric_k(k_start: float, k_end: float, num_cycles: int) -> KSchedule:
-    """Anneal ``k`` log-linearly from ``k_start`` to ``k_end`` over ``num_cycles`` cycles.
+@dataclasses.dataclass(frozen=True)
+class GeometricK:
+    """``k`` annealed log-linearly from ``k_start`` to ``k_end`` over ``num_cycles`` cycles.
 
     The weighting schedule the paper's conclusion proposes: weight gently while the model
     still has to learn the data, then sharpen onto the best points. Held at ``k_end``
     after ``num_cycles``.
     """
-    _check_positive("k_start", k_start)
-    _check_positive("k_end", k_end)
-    if num_cycles < 1:
-        raise ValueError(f"num_cycles must be >= 1, got {num_cycles}")
 
-    def fn(cycle: int) -> float:
-        t = min(max(cycle, 0), num_cycles) / num_cycles
-        return float(math.exp((1 - t) * math.log(k_start) + t * math.log(k_end)))
+    k_start: float
+    k_end: float
+    num_cycles: int
 
-    return KSchedule(fn)
+    def __post_init__(self):
+        _check_positive("k_start", self.k_start)
+        _check_positive("k_end", self.k_end)
+        if self.num_cycles < 1:
+            raise ValueError(f"num_cycles must be >= 1, got {self.num_cycles}")
+
+    def __call__(self, cycle: int) -> float:
+        t = min(max(cycle, 0), self.num_cycles) / self.num_cycles
+        return float(math.exp((1 - t) * math.log(self.k_start) + t * math.log(self.k_end)))
+
+    def __str__(self) -> str:
+        return f"geom{format_k(self.k_start)}-{format_k(self.k_end)}-{self.num_cycles}"
+
+
+def constant_k(k: float) -> ConstantK:
+    """The same ``k`` at every cycle (:class:`ConstantK`)."""
+    return ConstantK(k)
+
+
+def geometric_k(k_start: float, k_end: float, num_cycles: int) -> GeometricK:
+    """Anneal ``k`` log-linearly (:class:`GeometricK`)."""
+    return GeometricK(k_start, k_end, num_cycles)
+
+
+def format_k(k: float | KSchedule) -> str:
+    """The one text form of ``k`` in names (run directories, checkpoints, tables).
+
+    A float in one significant digit, a schedule by its ``str`` (or its function name).
+
+    >>> format_k(1e-3), format_k(float("inf")), format_k(0.5), format_k(geometric_k(1.0, 1e-4, 4))
+    ('1e-3', 'inf', '5e-1', 'geom1e0-1e-4-4')
+    """
+    if callable(k):
+        text = str(k) if type(k).__str__ is not object.__str__ else getattr(k, "__name__", "")
+        return text or "schedule"
+    k = float(k)
+    if math.isinf(k):
+        return "inf"
+    mantissa, exp = f"{k:.0e}".split("e")
+    return f"{mantissa}e{int(exp)}"
+
+
+def k_values(k: float | KSchedule, num_cycles: int) -> tuple[float, ...]:
+    """``k`` at cycles ``0 .. num_cycles - 1``, each checked to be ``> 0`` (may be ``inf``).
+
+    The one place a ``k`` is validated: :class:`wrjax.LSOConfig` calls it when it is built.
+
+    >>> [round(k, 6) for k in k_values(geometric_k(1.0, 1e-2, 2), 3)]
+    [1.0, 0.1, 0.01]
+    """
+    if callable(k):
+        values = tuple(float(k(c)) for c in range(num_cycles))
+    else:
+        values = (float(k),) * num_cycles
+    for c, v in enumerate(values):
+        _check_positive("k" if not callable(k) else f"k (schedule, cycle {c})", v)
+    return values

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 
 from wrjax import vae
-from wrjax.lso import Task
+from wrjax.task import Task
 
 __all__ = ["BitVAE", "make_toy_task", "bits_key"]
 
@@ -57,9 +57,9 @@ def bits_key(bits) -> str:
     return "".join(str(int(b)) for b in np.asarray(bits).ravel())
 
 
-def _bits_area(logits: jax.Array) -> jax.Array:
-    """Pure-JAX objective on decoder output: ones after rounding the Bernoulli means."""
-    return jnp.sum(logits > 0, axis=-1).astype(jnp.float32)
+def _bits_area(bits: jax.Array) -> jax.Array:
+    """Pure-JAX objective on decoded rows ``(B, L)``: the number of ones."""
+    return jnp.sum(bits, axis=-1, dtype=jnp.int32).astype(jnp.float32)
 
 
 def make_toy_task(
@@ -74,7 +74,7 @@ def make_toy_task(
     invalid_keys=(),
     grid_size: int = 41,
 ) -> Task:
-    """Build the toy :class:`wrjax.lso.Task` (pretraining takes a second or two on a CPU)."""
+    """Build the toy :class:`wrjax.Task` (pretraining takes a second or two on a CPU)."""
     if not 0 <= max_ones < length:
         raise ValueError(f"need 0 <= max_ones < length, got {max_ones}, {length}")
     rows = [
@@ -101,9 +101,12 @@ def make_toy_task(
         params = state.params
     fail, nan, invalid = set(fail_keys), set(nan_keys), set(invalid_keys)
 
+    def jax_decode(params, z):
+        """Rounded Bernoulli means ``(B, L)`` uint8 (pure JAX)."""
+        return (vae.decode_logits(model, params, jnp.asarray(z, jnp.float32)) > 0).astype(jnp.uint8)
+
     def decode(key, params, z):
-        logits = vae.decode_logits(model, params, jnp.asarray(z, jnp.float32))
-        bits = np.asarray(logits > 0, np.uint8)
+        bits = np.asarray(jax_decode(params, z))
         return [None if bits_key(b) in invalid else b for b in bits]
 
     def objective(bits):
@@ -128,6 +131,7 @@ def make_toy_task(
         to_data=lambda bits: np.asarray(bits, np.uint8),
         novelty_key=bits_key,
         beta=0.1,
+        jax_decode=jax_decode,
         jax_objective=_bits_area,
         grid=grid,
     )

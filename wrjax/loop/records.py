@@ -1,0 +1,151 @@
+"""Run records: an append-only JSON-lines log, replay on resume, the run summary.
+
+``workdir/records.jsonl`` has one line per decision, flushed and fsynced before the next
+step starts. On resume the records written after the last cycle checkpoint are *replayed*:
+each decision the resumed run makes is checked against the log, an identical one keeps the
+original line (and its wall time), and a recorded evaluation is not repeated. If the run
+diverges, the stale tail is moved to ``records.orphaned.jsonl`` (never deleted).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from wrjax import checkpoint as ckpt
+from wrjax import metrics
+
+__all__ = ["STATUSES", "load_records", "RecordBook", "new_record", "summarize"]
+
+#: Record statuses. ``ok``: evaluated, added to the data. ``invalid``: the decoding is not a
+#: valid object. ``duplicate``: the object is in the training data or was already queried.
+#: ``objective-error``: the objective raised or returned NaN/inf (counts toward the budget,
+#: since the evaluation was spent, but is excluded from the data, the weights and the GP).
+STATUSES = ("ok", "invalid", "duplicate", "objective-error")
+
+
+def new_record(seq: int, z, cycle: int, proposal: int) -> dict:
+    """A record with every field present (in the order they are written)."""
+    return {
+        "seq": seq, "eval": None, "status": None, "text": None, "key": None, "score": None,
+        "z": [float(v) for v in z], "model_version": cycle, "cycle": cycle,
+        "proposal": proposal, "wall_time": None, "error": None,
+    }  # fmt: skip
+
+
+def _record_line(rec: dict) -> str:
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        return v
+
+    return json.dumps({k: clean(v) for k, v in rec.items()}, allow_nan=False)
+
+
+def load_records(workdir: str | os.PathLike) -> list[dict]:
+    """The records of a run, in order (a torn last line from a crash is ignored)."""
+    path = Path(workdir) / "records.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+class RecordBook:
+    """The records of a run so far, the log on disk and the tail to replay.
+
+    ``records[i]["seq"] == i``: the next record's ``seq`` is ``len(records)``.
+    """
+
+    def __init__(self, path: Path, kept: list[dict], replay: Sequence[dict],
+                 callbacks: Sequence[Callable[[str, dict], None]]):
+        self.path = path
+        self.records = list(kept)
+        self.replay = {r["seq"]: r for r in replay}
+        self.callbacks = tuple(callbacks)
+        self._f = open(path, "a", encoding="utf-8")
+
+    @property
+    def seq(self) -> int:
+        return len(self.records)
+
+    def replayed(self, seq: int) -> dict | None:
+        """The logged record at ``seq`` from before the resume, if any."""
+        return self.replay.get(seq)
+
+    def emit(self, rec: dict) -> None:
+        """Write one record (or confirm it against the replayed log) and tell the callbacks."""
+        old = self.replay.pop(rec["seq"], None)
+        if old is not None and all(old.get(k) == rec.get(k) for k in ("status", "key", "eval")):
+            rec = old  # identical decision: keep the original record (and its wall time)
+        else:
+            if old is not None:
+                self._orphan(old)
+            rec["wall_time"] = time.time()
+            self._f.write(_record_line(rec) + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        self.records.append(rec)
+        self.notify("record", rec)
+
+    def notify(self, event: str, payload: dict) -> None:
+        for cb in self.callbacks:
+            cb(event, payload)
+
+    def _orphan(self, first: dict) -> None:
+        """The resumed run diverged from the log: move the stale tail aside."""
+        stale = [first, *[self.replay[s] for s in sorted(self.replay)]]
+        self.replay.clear()
+        orphan_path = self.path.with_name("records.orphaned.jsonl")
+        with open(orphan_path, "a", encoding="utf-8") as f:
+            for r in stale:
+                f.write(_record_line(r) + "\n")
+        keep = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                if json.loads(line)["seq"] < first["seq"]]  # fmt: skip
+        self._f.close()
+        ckpt.atomic_write_bytes(self.path, ("\n".join(keep) + ("\n" if keep else "")).encode())
+        self._f = open(self.path, "a", encoding="utf-8")
+        warnings.warn(
+            f"resumed run diverged from the log at record {first['seq']}; "
+            f"{len(stale)} old records moved to {orphan_path.name}"
+        )
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def summarize(task_name: str, config_json: dict, records: list[dict], status: str,
+              cycle_len: int, seconds: float) -> tuple[np.ndarray, dict, dict]:
+    """``(scores, curves, summary)`` of a finished (or stalled) run."""
+    scores = np.array([r["score"] for r in records if r["status"] == "ok"], np.float32)
+    curves = metrics.topk_curves(scores)
+    counts = {s: sum(r["status"] == s for r in records) for s in STATUSES}
+    ok = sorted((r for r in records if r["status"] == "ok"), key=lambda r: -r["score"])
+    final = {k: (None if len(v) == 0 or np.isnan(v[-1]) else float(v[-1])) for k, v in curves.items()}
+    summary = {
+        "task": task_name,
+        "config": config_json,
+        "status": status,
+        "num_evaluations": int(len(scores)) + counts["objective-error"],
+        "counts": counts,
+        "final": final,
+        "best": [{"text": r["text"], "score": r["score"], "eval": r["eval"]} for r in ok[:10]],
+        "retrain_points": list(range(cycle_len, int(config_json["budget"]), cycle_len))
+        if config_json.get("retrain_every")
+        else [],
+        "curves": {k: [None if np.isnan(x) else float(x) for x in v] for k, v in curves.items()},
+        "seconds": seconds,
+    }
+    return scores, curves, summary
