@@ -127,7 +127,7 @@ def log_expected_improvement(mean: ArrayLike, var: ArrayLike, incumbent: ArrayLi
 
     Example:
       >>> float(log_expected_improvement(-100.0, 1.0, 0.0))  # EI underflows to 0 here
-      -5005.5242...
+      -5010.1...
     """
     mean, var, incumbent = jnp.asarray(mean), jnp.asarray(var), jnp.asarray(incumbent)
     u = (mean - incumbent) / jnp.sqrt(var)
