@@ -47,6 +47,7 @@ import jax.scipy.linalg as jsl
 import numpy as np
 import optax
 
+from wrjax._checks import check_masked_scores
 from wrjax.precision import float64_scope, is_tracer
 from wrjax.typing import ArrayLike
 
@@ -383,21 +384,7 @@ def safe_cholesky(
 
 
 def _check_buffer(y, mask, name_y="y"):
-    if is_tracer(y) or is_tracer(mask):
-        return
-    y = np.asarray(y)
-    mask = np.asarray(mask)
-    if y.ndim != 1:
-        raise ValueError(f"{name_y} must be 1-D (C,), got shape {y.shape}")
-    if mask.shape != y.shape:
-        raise ValueError(f"mask shape {mask.shape} does not match {name_y} shape {y.shape}")
-    if mask.dtype != np.bool_:
-        raise ValueError(f"mask must be boolean, got dtype {mask.dtype}")
-    if not mask.any():
-        raise ValueError("no valid point: the mask selects nothing (empty dataset)")
-    bad = mask & ~np.isfinite(y)
-    if bad.any():
-        raise ValueError(f"{name_y} must be finite on valid slots; slot {int(np.flatnonzero(bad)[0])} is not")
+    check_masked_scores(y, mask, name=name_y)
 
 
 def select_subset(
