@@ -44,7 +44,7 @@ from wrjax.typing import ArrayLike
 
 __all__ = [
     "GPFitConfig", "AcquisitionConfig", "BOConfig", "BOState", "BOInfo", "select_subset",
-    "make_gp_ei", "bo_suggest",
+    "make_gp_ei", "bo_suggest", "GPFit", "fit_sparse_gp", "log_ei_at",
 ]  # fmt: skip
 
 _F64 = jnp.float64
@@ -331,10 +331,16 @@ def _ei_at(pred, tau, x):
     return pred.y_std * acq.expected_improvement(mean[0], var[0], (tau - pred.y_mean) / pred.y_std)
 
 
-def _log_ei_at(pred, tau, x):
+def log_ei_at(pred: gp.SGPRPredictor, tau: jax.Array, x: jax.Array) -> jax.Array:
+    """log-EI at one point ``x (D,)`` above the incumbent ``tau`` (original units), from a
+    predictor in standardised units: the acquisition of :func:`make_gp_ei`. Pure; pass it as
+    ``jax.tree_util.Partial(log_ei_at, pred, tau)`` to the maximiser."""
     mean, var = gp.predict_standardized(pred, x[None, :])
     u_tau = (tau - pred.y_mean) / pred.y_std
     return jnp.log(pred.y_std) + acq.log_expected_improvement(mean[0], var[0], u_tau)
+
+
+_log_ei_at = log_ei_at
 
 
 def _acq_partial(config: AcquisitionConfig, pred, tau):
@@ -493,15 +499,15 @@ def _np_tree(tree):
     return jax.tree.map(np.asarray, tree)
 
 
-@float64_scope
-def _suggest(key, z, y, mask, *, fit: GPFitConfig, acquisition: AcquisitionConfig,
-             state: BOState | None, cold: bool, include) -> tuple[np.ndarray, BOState, BOInfo]:
-    """One query, unvalidated (the caller checked the inputs): fit, then maximise."""
-    t0 = time.perf_counter()
+def _as_key(key):
     key = jnp.asarray(key)
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)  # a raw uint32 key (jax.random.PRNGKey)
-    k_subset, k_init, k_acq = jax.random.split(key, 3)
+    return key
+
+
+def _fit(k_subset, k_init, z, y, mask, *, fit: GPFitConfig, state, cold, include):
+    """The fit program on host inputs: ``(_FitOut, new BOState)`` (inside float64)."""
     c = np.shape(z)[0]
     include = jnp.zeros((c,), bool) if include is None else jnp.asarray(include, bool)
     subset_key = k_subset if cold else jax.random.wrap_key_data(jnp.asarray(state.subset_key))
@@ -515,13 +521,58 @@ def _suggest(key, z, y, mask, *, fit: GPFitConfig, acquisition: AcquisitionConfi
         include, s_params, s_opt, config=fit, cold=cold,
     )  # fmt: skip
     jax.block_until_ready(out)
+    new_state = BOState(_np_tree(out.params), _np_tree(out.opt_state),
+                        np.asarray(jax.random.key_data(subset_key)))  # fmt: skip
+    return out, new_state
+
+
+class GPFit(NamedTuple):
+    """A fitted sparse GP on the buffer's subset (:func:`fit_sparse_gp`).
+
+    ``predictor`` and ``data`` are float64 device arrays: use them inside a
+    :func:`wrjax.precision.float64_scope` (e.g. with :func:`wrjax.gp.predict` or an
+    acquisition program of your own).
+    """
+
+    predictor: gp.SGPRPredictor
+    data: gp.SGPRData
+    state: BOState  # pass back for the next warm refit
+    elbo: float
+    jitter: float
+    num_data: int
+    seconds: float
+
+
+@float64_scope
+def fit_sparse_gp(key, z, y, mask, *, fit: GPFitConfig = GPFitConfig(),
+                  state: BOState | None = None, include=None) -> GPFit:
+    """Fit the SGPR of :func:`make_gp_ei` on a masked buffer, cold when ``state`` is None,
+    else warm from it: the public first half of a query, for optimisers that choose their
+    candidates differently (trust regions, Thompson sampling, constrained EI). Inputs are
+    those of :func:`bo_suggest` (unvalidated here: the loop's buffer holds finite scores)."""
+    t0 = time.perf_counter()
+    k_subset, k_init = jax.random.split(_as_key(key))
+    cold = state is None
+    out, new_state = _fit(k_subset, k_init, z, y, mask, fit=fit, state=state, cold=cold,
+                          include=include)  # fmt: skip
+    return GPFit(out.pred, out.data, new_state, float(out.info.elbo),
+                 float(max(out.info.jitter, out.pred.jitter)), int(out.num_data),
+                 time.perf_counter() - t0)  # fmt: skip
+
+
+@float64_scope
+def _suggest(key, z, y, mask, *, fit: GPFitConfig, acquisition: AcquisitionConfig,
+             state: BOState | None, cold: bool, include) -> tuple[np.ndarray, BOState, BOInfo]:
+    """One query, unvalidated (the caller checked the inputs): fit, then maximise."""
+    t0 = time.perf_counter()
+    k_subset, k_init, k_acq = jax.random.split(_as_key(key), 3)
+    out, new_state = _fit(k_subset, k_init, z, y, mask, fit=fit, state=state, cold=cold,
+                          include=include)  # fmt: skip
     t1 = time.perf_counter()
     res = _acq_program(k_acq, out.pred, out.data, config=acquisition)
     jax.block_until_ready(res)
     t2 = time.perf_counter()
     pts, vals = _ranked_candidates(res, acquisition)
-    new_state = BOState(_np_tree(out.params), _np_tree(out.opt_state),
-                        np.asarray(jax.random.key_data(subset_key)))  # fmt: skip
     info = BOInfo(
         cold=cold, elbo=float(out.info.elbo), loss=np.asarray(out.info.loss),
         jitter=float(max(out.info.jitter, out.pred.jitter)), skipped_steps=int(out.info.skipped),

@@ -121,10 +121,17 @@ def bounds(
     """The region as a ``(2, D)`` box inside ``global_bounds``.
 
     TuRBO stretches the box along long lengthscales: side ``length * w_d * width_d`` with
-    ``w = lengthscale / prod(lengthscale)^(1/D)`` (so the volume matches the isotropic box).
+    ``w = lengthscale / prod(lengthscale)^(1/D)`` (so the volume matches the isotropic box),
+    each lengthscale first clipped to within a factor 20 of their geometric mean.
     """
     ls = jnp.asarray(lengthscale, state.center.dtype)
     lo, hi = jnp.asarray(global_bounds[0]), jnp.asarray(global_bounds[1])
-    w = ls / jnp.exp(jnp.mean(jnp.log(ls)))
+    # TuRBO bounds its lengthscales (to [0.005, 2] of the unit cube, a ratio of 400); a
+    # sparse GP can drive one to ~0 (an ignored dimension), which must not collapse the box
+    log_ls = jnp.log(ls)
+    log_ls = jnp.clip(log_ls, jnp.mean(log_ls) - jnp.log(20.0), jnp.mean(log_ls) + jnp.log(20.0))
+    w = jnp.exp(log_ls - jnp.mean(log_ls))
     half = 0.5 * state.length * w * (hi - lo)
-    return jnp.stack([jnp.maximum(state.center - half, lo), jnp.minimum(state.center + half, hi)])
+    # a re-encoded incumbent can lie outside the data's box: search from its nearest point
+    center = jnp.clip(state.center, lo, hi)
+    return jnp.stack([jnp.maximum(center - half, lo), jnp.minimum(center + half, hi)])
