@@ -190,3 +190,67 @@ def test_maximizer_rejects_bad_input(key):
         acq.maximize_acquisition(key, f, np.array([[-1.0], [1.0]]), num_restarts=0, num_steps=1)
     with pytest.raises(ValueError, match="init_points"):
         acq.maximize_acquisition(key, f, np.array([[-1.0], [1.0]]), num_restarts=2, num_steps=1, init_points=np.zeros((2, 3)))
+
+
+def test_maximizer_finds_the_dense_multistart_ei_optimum_on_a_fixed_posterior(key, rng):
+    # a fixed SGPR posterior in 2-D; reference: EI from NumPy formulas (Titsias' predictive
+    # with Sigma = (Kzz + Kzf Kfz / s2)^-1) on a dense grid, polished by SciPy L-BFGS-B from
+    # the 10 best grid points
+    import scipy.optimize
+
+    from wrjax import gp
+
+    x = rng.uniform(-2, 2, size=(60, 2))
+    y = np.sin(2 * x[:, 0]) * np.cos(x[:, 1]) + 0.05 * rng.standard_normal(60)
+    z = rng.uniform(-2, 2, size=(10, 2))
+    ls, var, noise = np.array([0.7, 0.9]), 1.2, 0.02
+    inv = lambda v: np.log(np.expm1(v))  # noqa: E731
+
+    def k(a, b):
+        d = (a[:, None, :] - b[None, :, :]) / ls
+        return var * np.exp(-0.5 * np.sum(d * d, axis=-1))
+
+    @float64_scope
+    def run():
+        params = gp.SGPRParams(
+            jnp.asarray(z), jnp.asarray(inv(ls)), jnp.asarray(inv(var)), jnp.asarray(inv(noise - gp.NOISE_FLOOR))
+        )
+        data = gp.make_data(x, y, np.ones(60, bool))
+        pred = gp.build_predictor(params, data, form="solve")
+        tau = float(np.quantile(np.asarray(data.y), 0.9))
+
+        def log_ei(p, t, v):
+            mean, s2 = gp.predict_standardized(p, v[None, :])
+            return acq.log_expected_improvement(mean[0], s2[0], t)
+
+        f = jax.tree_util.Partial(log_ei, pred, jnp.asarray(tau))
+        bounds = np.array([[-2.5, -2.5], [2.5, 2.5]])
+        res = acq.maximize_acquisition(key, f, bounds, num_restarts=16, num_steps=300)
+        return np.asarray(res.points[0]), float(res.values[0]), np.asarray(data.y), tau
+
+    point, log_val, ys, tau = run()
+    kzz = k(z, z) + 1e-6 * var * np.eye(10)
+    kzf = k(z, x)
+    sigma = np.linalg.inv(kzz + kzf @ kzf.T / noise)
+
+    def ei_np(v):
+        v = np.atleast_2d(v)
+        kzx = k(z, v)
+        mean = kzx.T @ sigma @ kzf @ ys / noise
+        s2 = var - np.sum(kzx * np.linalg.solve(kzz, kzx), 0) + np.sum(kzx * (sigma @ kzx), 0)
+        s = np.sqrt(s2)
+        u = (mean - tau) / s
+        return s * (u * scipy.stats.norm.cdf(u) + scipy.stats.norm.pdf(u))
+
+    g = np.linspace(-2.5, 2.5, 201)
+    grid = np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    vals = ei_np(grid)
+    best = -np.inf
+    for i in np.argsort(-vals)[:10]:
+        r = scipy.optimize.minimize(lambda v: -ei_np(v)[0], grid[i], method="L-BFGS-B",
+                                    bounds=[(-2.5, 2.5)] * 2, options=dict(ftol=1e-15, gtol=1e-12))
+        if -r.fun > best:
+            best, best_x = -r.fun, r.x
+    np.testing.assert_allclose(np.exp(log_val), best, rtol=1e-6)
+    np.testing.assert_allclose(ei_np(point)[0], best, rtol=1e-6)
+    np.testing.assert_allclose(point, best_x, atol=2e-3)
