@@ -11,24 +11,21 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
-from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import ArrayLike, Bool, Float, Int, PRNGKeyArray
 
 PyTree = Any
-Scalar = float | jax.Array
 #: maps (scores (N,), mask (N,)[, k]) to normalised weights (N,), exactly 0 on masked slots.
 WeightFn = Callable[..., jax.Array]
 #: ``k`` as a function of the retrain cycle (0, 1, ...), e.g. :func:`wrjax.geometric_k`.
 KSchedule = Callable[[int], float]
 
 __all__ = [
-    "Array",
     "ArrayLike",
     "Bool",
     "Float",
     "Int",
     "PRNGKeyArray",
     "PyTree",
-    "Scalar",
     "WeightFn",
     "KSchedule",
 ]
