@@ -599,6 +599,89 @@ def bench_threads(args, d, rounds=5):
     return res
 
 
+def _objective(z, rng):
+    """The score of ``synthetic`` at latent points ``z (K, D)`` (same formula and noise)."""
+    za = np.asarray(z, np.float64)[:, :8]
+    return (
+        np.sin(2.0 * za[:, 0]) * np.cos(za[:, 1])
+        + 0.5 * np.cos(1.5 * za[:, 2] + za[:, 3])
+        - 0.1 * np.sum((za - 0.5) ** 2, axis=1)
+        + 0.05 * rng.standard_normal(len(za))
+    )
+
+
+@float64_scope
+def bench_schedule(args, d):
+    """How stale the hyperparameters get over a retrain cycle of BO queries.
+
+    A small BO run (``--schedule-n`` points, ``--schedule-m`` inducing points): fit once
+    (converged L-BFGS), then each query maximises log-EI on the incrementally conditioned
+    posterior, scores the point with ``synthetic``'s objective and conditions on it. After
+    some queries, the bound of the stale hyperparameters on the grown data
+    (``gp_update.staleness``) is compared with a converged refit's on the same data (same
+    scaling), and the EI-optimal point of the stale posterior is scored by the refitted one.
+    """
+    n, m, q_max = args.schedule_n, args.schedule_m, max(args.schedule_at)
+    z, y = synthetic(np.random.default_rng(d + 1), n, d)
+    rng = np.random.default_rng(5)
+    data0 = gp.make_data(z, y, np.ones(n, bool))
+    lbfgs = gp.make_optimizer(method="lbfgs")
+    conv = jax.jit(functools.partial(gp.fit_converged, optimizer=lbfgs, max_steps=300, tol=1e-7, window=10))
+    first = jax.jit(functools.partial(gp.fit_converged, optimizer=lbfgs, max_steps=2000, tol=1e-7, window=10))
+    p0 = gp.init_params(jax.random.key(d), data0, num_inducing=m)
+    p0, _, info0 = first(p0, lbfgs.init(p0), data0)
+    # the baseline: what a refit finds on the data the state was fitted on (not exactly 0:
+    # the first fit stops on its tolerance)
+    _, _, info00 = conv(p0, lbfgs.init(p0), data0)
+    base_gain = (float(info00.elbo) - float(info0.elbo)) / n
+    print(f"[D={d}] schedule: first fit {int(info0.num_steps)} steps (converged {bool(info0.converged)}), "
+          f"ELBO {float(info0.elbo):.2f}; a refit on the same data gains {base_gain:.2e}/pt", flush=True)
+    build = jax.jit(gp.build_predictor)
+    state = gp_update.init_incremental(build(p0, data0), data0)
+    cond = jax.jit(gp_update.condition_on)
+    ei = _ei_program(10, 100)
+    xs, ys, rows = [], [], []
+    key = jax.random.key(11)
+    bounds_x, bounds_y = data0.x, data0.y
+    for q in range(1, q_max + 1):
+        key, k = jax.random.split(key)
+        _, x_next = ei(k, state.pred, bounds_x, bounds_y, data0.mask)
+        y_next = float(_objective(np.asarray(x_next)[None], rng)[0])
+        xs.append(np.asarray(x_next))
+        ys.append(y_next)
+        state = cond(state, x_next, y_next)
+        if q in args.schedule_at:
+            info = gp_update.staleness(state)
+            grown = gp.SGPRData(
+                jnp.concatenate([data0.x, jnp.asarray(np.stack(xs))]),
+                jnp.concatenate([data0.y, (jnp.asarray(ys) - data0.y_mean) / data0.y_std]),
+                jnp.ones(n + q, bool), data0.y_mean, data0.y_std,
+            )  # fmt: skip
+            p_r, _, info_r = conv(p0, lbfgs.init(p0), grown)
+            pred_r = build(p_r, grown)
+            tau = acq.incumbent(grown.y, grown.mask, quantile=0.9)
+            _, x_stale = ei(k, state.pred, bounds_x, bounds_y, data0.mask)
+            val_r, x_r = ei(k, pred_r, bounds_x, bounds_y, data0.mask)
+            v_stale = float(_log_ei_std(pred_r, tau, x_stale))
+            rows.append(dict(
+                q=q, stale_elbo=float(info.elbo), refit_elbo=float(info_r.elbo),
+                gain_per_point=(float(info_r.elbo) - float(info.elbo)) / (n + q),
+                change_per_point=float(info.elbo_per_point_change),
+                mean_z2=float(info.mean_sq_zscore), max_z2=float(info.max_sq_zscore),
+                max_unc=float(info.max_uncovered),
+                log_ei_refit=float(val_r), log_ei_stale_point=v_stale, refit_steps=int(info_r.num_steps),
+            ))  # fmt: skip
+            r = rows[-1]
+            print(f"[D={d}] schedule q={q}: stale bound {r['stale_elbo']:.2f}, refit {r['refit_elbo']:.2f} "
+                  f"(+{r['gain_per_point']:.2e}/pt, {r['refit_steps']} steps), bound/pt change "
+                  f"{r['change_per_point']:.2e}, mean z^2 {r['mean_z2']:.2f} (max {r['max_z2']:.1f}), "
+                  f"max uncovered {r['max_unc']:.3f}; "
+                  f"refit posterior's log-EI: its own optimum {r['log_ei_refit']:.4f}, at the stale "
+                  f"optimum {r['log_ei_stale_point']:.4f}", flush=True)
+    return dict(rows=rows, fit_elbo=float(info0.elbo), n=n, m=m, base_gain=base_gain,
+                first_steps=int(info0.num_steps), first_converged=bool(info0.converged))
+
+
 def _machine():
     cpu, avx512 = platform.processor() or platform.machine(), False
     try:
@@ -673,6 +756,26 @@ def gp_markdown(args, out, wall):
                     f"{20 * r['eval_s'] + r['build_s'] + r['ei_s']:.2f} |"
                 )
             lines.append("")
+        if "schedule" in sec:
+            r0 = sec["schedule"]
+            lines += [
+                f"**Staleness over a retrain cycle, D = {d}** (N = {r0['n']:,}, M = {r0['m']}: one "
+                f"L-BFGS fit ({r0['first_steps']} steps, converged {r0['first_converged']}; a refit on "
+                f"the same data gains {r0['base_gain']:.1e} nats/pt), then BO queries on the "
+                "incrementally conditioned posterior; at each row a refit (L-BFGS, tol 1e-7/pt over "
+                "10 its, cap 300) on the same data and scaling):", "",
+                "| queries | stale bound | refit bound | refit gain per point | stale bound/pt change | "
+                "mean z^2 (max) | max uncovered | refit log-EI: own optimum / at stale optimum |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for r in r0["rows"]:
+                lines.append(
+                    f"| {r['q']} | {r['stale_elbo']:.2f} | {r['refit_elbo']:.2f} | "
+                    f"{r['gain_per_point']:.2e} | {r['change_per_point']:.2e} | "
+                    f"{r['mean_z2']:.2f} ({r['max_z2']:.1f}) | {r['max_unc']:.3f} | {r['log_ei_refit']:.4f} / "
+                    f"{r['log_ei_stale_point']:.4f} |"
+                )
+            lines.append("")
         if "threads" in sec:
             r = sec["threads"]
             lines += [
@@ -688,7 +791,7 @@ def gp_markdown(args, out, wall):
 def write_subsection(path: Path, text: str) -> None:
     """Replace (or add) a ``### `` subsection of the ``## bo_step`` section."""
     old = path.read_text()
-    head = text.split("\n", 1)[0].split(" (`--sections")[0]
+    head = text.split("\n", 1)[0]  # one subsection per set of sections
     start = old.find("## bo_step")
     end = old.find("\n## ", start + 1)
     end = len(old) if end < 0 else end + 1
@@ -717,7 +820,10 @@ def main():
     p.add_argument("--ref-repeats", type=int, default=1)
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--sections", nargs="+", default=["bo", "refit", "incremental", "curve", "threads"],
-                   choices=["bo", "refit", "incremental", "curve", "threads"])
+                   choices=["bo", "refit", "incremental", "curve", "threads", "schedule"])
+    p.add_argument("--schedule-n", type=int, default=2_000)
+    p.add_argument("--schedule-m", type=int, default=100)
+    p.add_argument("--schedule-at", type=int, nargs="+", default=[5, 10, 25, 50])
     p.add_argument("--curve-dim", type=int, default=25)
     p.add_argument("--refit-cap", type=int, default=200, help="iteration cap of the converged refits")
     p.add_argument("--curve-n", type=int, nargs="+", default=[1_000, 5_000, 10_000, 20_000, 50_000])
@@ -746,6 +852,8 @@ def main():
                 params = sec["refit"][1]["params"]  # the converged L-BFGS fit
             if "incremental" in gp_sections:
                 sec["incremental"] = bench_incremental(args, d, params, data, sec.get("refit"))
+        if "schedule" in gp_sections:
+            sec["schedule"] = bench_schedule(args, d)
         if "threads" in gp_sections and d == max(args.dims):
             sec["threads"] = bench_threads(args, d)
     if "curve" in gp_sections:

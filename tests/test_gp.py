@@ -525,9 +525,17 @@ def test_staleness_zscores_and_bound_change(rng):
             zs.append((yi - mean) ** 2 / (v + noise * float(data.y_std) ** 2))
             cur = gp_update.condition_on(cur, xi, yi)
         info = gp_update.staleness(cur)
-        return info0, info, zs, float(gp.collapsed_elbo(params, data))
+        far = gp_update.staleness(gp_update.condition_on(cur, np.array([40.0, -40.0]), 0.0))
+        # reference coverage: 1 - k_xz Kzz^-1 k_zx / k_xx, NumPy (the jitter as the predictor's)
+        ls, var = (np.asarray(v) for v in gp.constrain(params)[:2])
+        kzz = _np_kernel(z, z, ls, var) + float(pred.jitter) * np.eye(8)
+        kzx = _np_kernel(z, x_new, ls, var)
+        unc = 1.0 - np.sum(kzx * np.linalg.solve(kzz, kzx), 0) / var
+        return info0, info, zs, float(gp.collapsed_elbo(params, data)), unc, far
 
-    info0, info, zs, elbo = run()
+    info0, info, zs, elbo, unc, far = run()
+    np.testing.assert_allclose(float(info.max_uncovered), unc.max(), rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(float(far.max_uncovered), 1.0, atol=1e-12)  # far from every Z
     np.testing.assert_allclose(float(info0.elbo), elbo, rtol=1e-10)
     assert float(info0.elbo_per_point_change) == 0.0 and int(info0.num_added) == 0
     np.testing.assert_allclose(float(info.mean_sq_zscore), np.mean(zs), rtol=1e-9)
