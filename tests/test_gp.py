@@ -573,3 +573,23 @@ def test_fit_converged_stops_on_the_test_and_reaches_the_long_fit(key, rng):
     assert float(info.elbo) >= float(long.elbo) - 60 * 1e-5, (float(info.elbo), float(long.elbo))
     assert int(capped.num_steps) == 3 and not bool(capped.converged)
     assert int(info.skipped) == 0
+
+
+def test_should_refit_criteria():
+    def info(**kw):
+        base = dict(elbo=0.0, elbo_per_point_change=0.0, mean_sq_zscore=0.0, max_sq_zscore=0.0,
+                    num_added=0, max_uncovered=0.0)
+        base.update(kw)
+        return gp_update.StalenessInfo(**{k: jnp.asarray(v) for k, v in base.items()})
+
+    assert not bool(gp_update.should_refit(info(num_added=4), every=5))
+    assert bool(gp_update.should_refit(info(num_added=5), every=5))
+    assert bool(gp_update.should_refit(info(elbo_per_point_change=-0.2), max_bound_drop=0.1))
+    assert not bool(gp_update.should_refit(info(elbo_per_point_change=0.2), max_bound_drop=0.1))
+    assert bool(gp_update.should_refit(info(max_uncovered=0.6), max_uncovered=0.5, every=100))
+    assert not bool(gp_update.should_refit(info(mean_sq_zscore=9.0), max_mean_sq_zscore=4.0))  # none added
+    assert bool(gp_update.should_refit(info(num_added=1, mean_sq_zscore=9.0), max_mean_sq_zscore=4.0))
+    jitted = jax.jit(lambda i: gp_update.should_refit(i, every=3, max_uncovered=0.5))
+    assert bool(jitted(info(num_added=3))) and not bool(jitted(info(num_added=1)))
+    with pytest.raises(ValueError, match="at least one"):
+        gp_update.should_refit(info())

@@ -62,6 +62,7 @@ __all__ = [
     "condition_on_batch",
     "incremental_elbo",
     "staleness",
+    "should_refit",
 ]
 
 _F64 = jnp.float64
@@ -288,3 +289,35 @@ def staleness(state: IncrementalSGPR) -> StalenessInfo:
         num_added=state.num_added,
         max_uncovered=state.max_uncovered,
     )
+
+
+def should_refit(
+    info: StalenessInfo,
+    *,
+    every: int | None = None,
+    max_bound_drop: float | None = None,
+    max_uncovered: float | None = None,
+    max_mean_sq_zscore: float | None = None,
+) -> jax.Array:
+    """``()`` bool: True when any enabled refit criterion fires (jittable; options static).
+
+    Criteria (None disables one; at least one must be set): ``num_added >= every``; the
+    bound per point dropped by more than ``max_bound_drop`` nats since the fit; an added
+    point with more than ``max_uncovered`` of its prior variance outside the inducing
+    points' reach; mean squared z-score above ``max_mean_sq_zscore``. See :func:`staleness`
+    for the signals and ``benchmarks/RESULTS.md`` (``schedule``) for how fast they move.
+    """
+    rules = []
+    if every is not None:
+        if int(every) != every or every < 1:
+            raise ValueError(f"every must be a positive integer, got {every}")
+        rules.append(info.num_added >= every)
+    if max_bound_drop is not None:
+        rules.append(-info.elbo_per_point_change > max_bound_drop)
+    if max_uncovered is not None:
+        rules.append(info.max_uncovered > max_uncovered)
+    if max_mean_sq_zscore is not None:
+        rules.append((info.num_added > 0) & (info.mean_sq_zscore > max_mean_sq_zscore))
+    if not rules:
+        raise ValueError("should_refit needs at least one criterion")
+    return jnp.any(jnp.stack(rules))
