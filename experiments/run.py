@@ -43,6 +43,9 @@ def run_setting(task_name: str, preset: str, overrides: dict, seeds, workdir: Pa
     options = {**entry.presets[preset], **overrides}
     options.pop("seeds", None)
     optimizer_opts = {k: options.pop(k) for k in ("optimizer", "bo") if k in options}
+    if optimizer_opts.get("optimizer") == "constrained-ei" and entry.constraint is not None:
+        optimizer_opts["constraint"] = entry.constraint(**{
+            k: v for k, v in options.items() if k not in _LSO_FIELDS})  # fmt: skip
     cfg_fields = {k: v for k, v in options.items() if k in _LSO_FIELDS}
     builder_opts = {k: v for k, v in options.items() if k not in _LSO_FIELDS}
     name = setting_name(cfg_fields.get("k", 1e-3), cfg_fields.get("retrain_every"))
@@ -99,7 +102,7 @@ def main(argv=None):
     ap.add_argument("--retrain-every", type=parse_retrain, default=argparse.SUPPRESS,
                     help="evaluations between retrains, or 'none'")
     ap.add_argument("--budget", type=int)
-    ap.add_argument("--optimizer", choices=["gp-ei", "grid"])
+    ap.add_argument("--optimizer", choices=registry.OPTIMIZERS)
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--workdir", type=Path, default=Path("runs"))
     ap.add_argument("--no-progress", action="store_true")

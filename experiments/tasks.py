@@ -15,19 +15,41 @@ from typing import Any, Callable, NamedTuple
 class TaskEntry(NamedTuple):
     build: Callable[..., Any]  # (key, preset_name, **options) -> wrjax.Task
     presets: dict[str, dict]
+    #: for "constrained-ei": builder options -> (constraint(task, rows) -> (C,), threshold)
+    constraint: Callable[..., tuple[Callable, float]] | None = None
 
 
-def make_optimizer(task, optimizer: str = "gp-ei", bo=None):
-    """The run's optimiser from a preset's names: the grid, or GP-EI with ``bo``'s two halves
-    (default: the authors' settings)."""
+#: Optimisers selectable by name (``--optimizer``, presets' ``optimizer``).
+OPTIMIZERS = ("gp-ei", "grid", "random", "thompson", "trust-region-ei", "trust-region-ts",
+              "constrained-ei")  # fmt: skip
+
+
+def make_optimizer(task, optimizer: str = "gp-ei", bo=None, constraint=None):
+    """The run's optimiser from a preset's names: the grid, GP-EI with ``bo``'s two halves
+    (default: the authors' settings), or one of :mod:`wrjax.latent_bo`'s on the same GP
+    (``constraint``: ``(fn, threshold)`` for ``"constrained-ei"``)."""
     import wrjax
+    from wrjax import latent_bo
     from wrjax.bo import BOConfig
 
+    fit, acq = (bo or BOConfig()).split()
     if optimizer == "grid":
         return wrjax.grid_optimizer(task)
     if optimizer == "gp-ei":
-        return wrjax.make_gp_ei(*(bo or BOConfig()).split())
-    raise SystemExit(f"unknown optimizer {optimizer!r}; choose 'gp-ei' or 'grid'")
+        return wrjax.make_gp_ei(fit, acq)
+    if optimizer == "random":
+        return latent_bo.make_random_search(acq)
+    if optimizer == "thompson":
+        return latent_bo.make_thompson(fit, acq)
+    if optimizer in ("trust-region-ei", "trust-region-ts"):
+        method = "ei" if optimizer.endswith("ei") else "thompson"
+        return latent_bo.make_trust_region(len(task.y), fit, acq, method=method)
+    if optimizer == "constrained-ei":
+        if constraint is None:
+            raise SystemExit(f"task {task.name!r} has no constraint for 'constrained-ei'")
+        fn, threshold = constraint
+        return latent_bo.make_constrained_ei(fn, threshold, fit, acq)
+    raise SystemExit(f"unknown optimizer {optimizer!r}; choose from {OPTIMIZERS}")
 
 
 def _toy(key, preset, **_):
@@ -69,10 +91,25 @@ _TINY_GP = _small_gp(num_inducing=32, n_best=200, n_random=300, num_restarts=4, 
                      cold_kernel_steps=30, cold_steps=30)
 
 
-def _chem(key, preset, *, k=None, num_initial=None, **_):
+def _chem(key, preset, *, k=None, num_initial=None, objective="plogp", checkpoint=None, **_):
     from wrjax.tasks.chem_task import make_chem_task
 
-    return make_chem_task(key, k=k, num_initial=num_initial)
+    return make_chem_task(key, k=k, num_initial=num_initial, objective=objective,
+                          checkpoint=checkpoint)  # fmt: skip
+
+
+def _chem_constraint(*, checkpoint=None, **_):
+    """Heavy atoms of the molecule each token row spells, feasible at most 38 (ZINC's largest)."""
+    from wrjax.tasks import chem
+    from wrjax.tasks import chem_model as cm
+
+    vocab = cm.load_checkpoint(checkpoint).vocab
+
+    def heavy_atoms(task, rows):
+        counts = [chem.heavy_atom_count(s) for s in chem.decode_tokens(rows, vocab)]
+        return [float("nan") if c is None else float(c) for c in counts]
+
+    return heavy_atoms, float(chem.ZINC_MAX_HEAVY_ATOMS)
 
 
 # The authors' chemistry fine-tunes: 0.1 epoch at batch 32, the first one 1 epoch, weighted
@@ -124,7 +161,19 @@ REGISTRY: dict[str, TaskEntry] = {
                         bo=_small_gp()),
             # The authors': the whole training split, 500 inducing points, 2,000 + 8,000 points.
             "paper": dict(_CHEM, budget=500, retrain_every=50, k=1e-3, seeds=[0, 1, 2, 3, 4]),
+            # The size-constrained objective (molecules over 38 heavy atoms score the floor
+            # and count), with the reconstructing GRU model.
+            "capped-smoke": dict(_CHEM, budget=10, retrain_every=5, k=1e-3, num_initial=2000,
+                                 seeds=[0], bo=_TINY_GP, objective="plogp_capped",
+                                 checkpoint="gru"),
+            "capped-cpu": dict(_CHEM, budget=500, retrain_every=50, k=1e-3, num_initial=10_000,
+                               seeds=[0, 1, 2, 3, 4], bo=_small_gp(),
+                               objective="plogp_capped", checkpoint="gru"),
+            "capped-paper": dict(_CHEM, budget=500, retrain_every=50, k=1e-3,
+                                 seeds=[0, 1, 2, 3, 4], objective="plogp_capped",
+                                 checkpoint="gru"),
         },
+        constraint=_chem_constraint,
     ),
 }
 

@@ -89,6 +89,8 @@ __all__ = [
     "ChemModel",
     "load_model",
     "GRU_CHECKPOINT",
+    "SHIPPED",
+    "resolve_checkpoint",
 ]
 
 _F32 = jnp.float32
@@ -806,8 +808,24 @@ def save_checkpoint(
     save_pytree(path, params, meta)
 
 
-def load_checkpoint(path: str | Path = DEFAULT_CHECKPOINT) -> Pretrained:
-    """Load a checkpoint written by :func:`save_checkpoint` (default: the shipped CPU model)."""
+#: Names of the shipped checkpoints, usable wherever a checkpoint path is taken.
+SHIPPED = {"cpu": CPU_CHECKPOINT, "gru": GRU_CHECKPOINT}
+
+
+def resolve_checkpoint(path: str | Path | None) -> Path:
+    """A checkpoint path from a path, a shipped name (``"gru"``, ``"cpu"``) or None (the
+    default, :data:`DEFAULT_CHECKPOINT`)."""
+    if path is None:
+        return Path(DEFAULT_CHECKPOINT)
+    if isinstance(path, str) and path in SHIPPED:
+        return Path(SHIPPED[path])
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path | None = None) -> Pretrained:
+    """Load a checkpoint written by :func:`save_checkpoint`: a path, a shipped name
+    (:data:`SHIPPED`) or None for :data:`DEFAULT_CHECKPOINT`."""
+    path = resolve_checkpoint(path)
     meta = load_metadata(path)
     config = SelfiesVAEConfig.from_json(meta["config"])
     vocab = chem.SelfiesVocab.from_json(meta["vocab"])
@@ -885,4 +903,4 @@ class ChemModel:
 
 def load_model(path: str | Path | None = None) -> ChemModel:
     """Load a checkpoint as a :class:`ChemModel` (default: :data:`DEFAULT_CHECKPOINT`)."""
-    return ChemModel(load_checkpoint(DEFAULT_CHECKPOINT if path is None else path))
+    return ChemModel(load_checkpoint(path))

@@ -157,7 +157,8 @@ def make_chem_task(
         (default: all of it, 220,011, as the authors). Molecules that cannot be tokenised
         (see ``max_len``) or have no finite score are skipped and replaced.
       checkpoint: path stem of a :func:`wrjax.tasks.chem_model.save_checkpoint` checkpoint
-        (default: the shipped CPU model ``checkpoints/chem/selfies_vae_cpu``).
+        or a shipped name (``"gru"``: the reconstructing model; ``"cpu"``: the first one;
+        default :data:`wrjax.tasks.chem_model.DEFAULT_CHECKPOINT`).
       constants, floor: of :func:`wrjax.tasks.chem.penalized_logp` (the standard ZINC250k
         statistics and the paper's floor -6; the authors' code used -4), for both the data's
         scores and the objective.
@@ -188,7 +189,7 @@ def make_chem_task(
         constants=constants,
         max_heavy_atoms=max_heavy_atoms,
     )
-    pre = cm.load_checkpoint(checkpoint if checkpoint is not None else cm.DEFAULT_CHECKPOINT)
+    pre = cm.load_checkpoint(checkpoint)
     model, vocab = pre.model, pre.vocab
     row_len = pre.config.max_len
     max_len = row_len if max_len is None else int(max_len)
