@@ -5,7 +5,8 @@ appending) is one jitted function of a key (``wrjax.make_compiled_run``, which s
 host driver's steps).
 This times, after compilation, with ``block_until_ready`` and the median of repeats:
 
-  * S seeds in one program: ``jit(vmap(run))(keys, params)``;
+  * S seeds in one program: ``jit(vmap(run))(keys, params)`` (``make_seeds_run(mode="vmap")``);
+  * S seeds in one program in sequence: ``jit(lax.map(run))`` (``mode="map"``, the CPU default);
   * the same S seeds one after another: ``jit(run)(key, params)`` S times;
   * (reference) one seed through the host driver ``wrjax.run`` with the grid
     optimiser, which records, checkpoints and can resume, times S.
@@ -56,22 +57,33 @@ def main():
     grid = wrjax.grid_optimizer(task)
     run = make_compiled_run(task, config, optimizer=grid)
     keys = jax.random.split(jax.random.key(0), args.seeds)
-    vmapped = make_seeds_run(run)
+    vmapped = make_seeds_run(run, mode="vmap")
+    mapped = make_seeds_run(run, mode="map")
     single = jax.jit(run)
 
     t0 = time.perf_counter()
     jax.block_until_ready(vmapped(keys, params))
     compile_v = time.perf_counter() - t0
     t0 = time.perf_counter()
+    jax.block_until_ready(mapped(keys, params))
+    compile_m = time.perf_counter() - t0
+    t0 = time.perf_counter()
     jax.block_until_ready(single(keys[0], params))
     compile_s = time.perf_counter() - t0
 
-    t_v, res_v = timed(lambda: vmapped(keys, params), args.repeats)
-    t_s, _ = timed(lambda: [single(k, params) for k in keys], args.repeats)
+    # interleaved: one repeat of each in turn, so that load changes hit all three alike
+    times = {"v": [], "m": [], "s": []}
+    for _ in range(args.repeats):
+        t, res_v = timed(lambda: vmapped(keys, params), 1)
+        times["v"].append(t)
+        times["m"].append(timed(lambda: mapped(keys, params), 1)[0])
+        times["s"].append(timed(lambda: [single(k, params) for k in keys], 1)[0])
+    t_v, t_m, t_s = (statistics.median(times[c]) for c in "vms")
     top1 = np.nanmax(np.asarray(res_v.scores), axis=1)
 
     rows = [
-        (f"{args.seeds} seeds, one vmapped program", t_v, 1.0),
+        (f"{args.seeds} seeds, one vmapped program (mode='vmap')", t_v, 1.0),
+        (f"{args.seeds} seeds, one lax.map program (mode='map')", t_m, t_m / t_v),
         (f"{args.seeds} seeds, compiled run one after another", t_s, t_s / t_v),
     ]
     if not args.no_host:
@@ -87,7 +99,8 @@ def main():
     print(f"machine: {platform.machine()} CPU x{jax.local_device_count()} "
           f"[{jax.devices()[0].platform}], jax {jax.__version__}; squares2d budget {args.budget}, "
           f"retrain every {args.retrain_every}, k={args.k:g}; median of {args.repeats}")
-    print(f"compile: vmapped {compile_v:.1f} s, single {compile_s:.1f} s (first call, incl. run)")
+    print(f"compile: vmapped {compile_v:.1f} s, lax.map {compile_m:.1f} s, single "
+          f"{compile_s:.1f} s (first call, incl. run)")
     print("| how | seconds for all seeds | ratio to vmapped |")
     print("|---|---|---|")
     for name, t, r in rows:

@@ -46,8 +46,9 @@ def test_host_and_compiled_drivers_give_the_same_topk_curve(task, tmp_path):
                  compiled.state.train.params, host.params)
 
 
-def test_vmapped_seeds_equal_one_by_one(task):
-    """vmap over seeds computes what the seeds compute one after another.
+@pytest.mark.parametrize("mode", ["vmap", "map"])
+def test_seeds_in_one_program_equal_one_by_one(task, mode):
+    """vmap (or lax.map) over seeds computes what the seeds compute one after another.
 
     Without training both paths are the same arithmetic, so equal exactly. With fine-tuning,
     batching the seeds changes XLA's summation order, so params drift by float rounding and an
@@ -61,12 +62,25 @@ def test_vmapped_seeds_equal_one_by_one(task):
                          finetune_epochs=0.125, batch_size=16), 0.02),
     ]:  # fmt: skip
         run = make_compiled_run(task, cfg, optimizer=grid)
-        both = make_seeds_run(run)(keys, task.params)
+        both = make_seeds_run(run, mode=mode)(keys, task.params)
         single = jax.jit(run)
         for i in range(2):
             one = single(keys[i], task.params)
             np.testing.assert_array_equal(np.asarray(both.valid[i]), np.asarray(one.valid))
             np.testing.assert_allclose(np.asarray(both.scores[i]), np.asarray(one.scores), rtol=rtol)
+
+
+def test_seeds_mode_is_checked_and_auto_picks_map_on_cpu(task):
+    run = make_compiled_run(task, wrjax.LSOConfig(budget=2, retrain_every=None,
+                                                  initial_finetune_epochs=0.0),
+                            optimizer=wrjax.grid_optimizer(task))  # fmt: skip
+    with pytest.raises(ValueError, match="mode"):
+        make_seeds_run(run, mode="pmap")
+    keys = jax.random.split(jax.random.key(2), 2)
+    auto = make_seeds_run(run)(keys, task.params)
+    mapped = make_seeds_run(run, mode="map")(keys, task.params)
+    assert jax.default_backend() == "cpu"
+    np.testing.assert_array_equal(np.asarray(auto.scores), np.asarray(mapped.scores))
 
 
 def test_compiled_run_rejects_uneven_cycles_and_host_optimizers(task):

@@ -104,12 +104,24 @@ def _with_opt_shape(state: LSOState, optimizer: Optimizer, r: int) -> LSOState:
     return state._replace(opt=jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape))
 
 
-def make_seeds_run(run_fn):
-    """Several seeds in one compiled program: ``jit(vmap(run_fn))(keys (S,), params)``.
+def make_seeds_run(run_fn, *, mode: str = "auto"):
+    """Several seeds in one compiled program: ``run(keys (S,), params)``.
 
-    Measured on a 2-core CPU (``benchmarks/RESULTS.md``, ``## shapes_seeds``): 4.7x *slower*
-    than ``jit(run_fn)`` seed after seed, because once the seeds' parameters differ, vmap
-    batches the convolution kernels, which XLA:CPU runs slowly. Meant for accelerators; on
-    CPU run the seeds one after another.
+    Args:
+      run_fn: from :func:`make_compiled_run`.
+      mode: ``"vmap"`` (the seeds batched: one program, every kernel S times wider),
+        ``"map"`` (``lax.map``: one program, the seeds in sequence, each at single-seed
+        speed) or ``"auto"``: ``"map"`` on CPU, ``"vmap"`` on accelerators.
+
+    Why both: on a 2-core CPU (``benchmarks/RESULTS.md``, ``## shapes_seeds``) the vmapped
+    program was 4.7x *slower* than the seeds one after another, because once the seeds'
+    parameters differ, vmap batches the convolution kernels, which XLA:CPU runs slowly;
+    accelerators are where batching the seeds pays off.
     """
-    return jax.jit(jax.vmap(run_fn, in_axes=(0, None)))
+    if mode == "auto":
+        mode = "map" if jax.default_backend() == "cpu" else "vmap"
+    if mode == "vmap":
+        return jax.jit(jax.vmap(run_fn, in_axes=(0, None)))
+    if mode == "map":
+        return jax.jit(lambda keys, params: jax.lax.map(lambda k: run_fn(k, params), keys))
+    raise ValueError(f"mode must be 'auto', 'vmap' or 'map', got {mode!r}")
