@@ -93,3 +93,18 @@ def test_factories_validate():
         latent_bo.make_thompson(q=5, num_candidates=4)
     with pytest.raises(ValueError):
         latent_bo.make_trust_region(10, method="ucb")
+
+
+def test_compare_optimizers_writes_one_table(tmp_path):
+    from experiments import compare_optimizers
+
+    text = compare_optimizers.main(["toy", "--preset", "smoke", "--budget", "3", "--optimizers",
+                                    "random", "--no-plain", "--workdir", str(tmp_path),
+                                    "--no-progress"])  # fmt: skip
+    assert "| WR + random | 1 |" in text
+    table = (tmp_path / "compare" / "toy" / "smoke" / "compare.md").read_text()
+    assert table == text
+    runs = list((tmp_path / "compare" / "toy" / "smoke" / "random").rglob("records.jsonl"))
+    assert len(runs) == 1
+    with pytest.raises(SystemExit):
+        compare_optimizers.main(["toy", "--preset", "bogus"])

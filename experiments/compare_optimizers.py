@@ -1,0 +1,100 @@
+"""Compare latent-space optimisers on one loop: plain LSO, the paper's weighted retraining with
+EI, and weighted retraining with each other optimiser (``wrjax.latent_bo``).
+
+Rows (each over the preset's seeds, or ``--seeds``):
+
+* ``plain LSO``: GP-EI, no weighting (k = inf), no retraining;
+* ``WR + <optimizer>``: k and retraining interval of the preset (the paper: 1e-3, every 50),
+  for each name in ``--optimizers`` (default: gp-ei, the paper's; random; thompson;
+  trust-region-ei; trust-region-ts; and constrained-ei where the task defines a constraint).
+
+Each run is the resumable ``wrjax.run`` in ``WORKDIR/compare/TASK/PRESET/<optimizer>/<setting>``;
+the table (TopK mean +- s.e. and time per seed) is printed and written to
+``WORKDIR/compare/TASK/PRESET/compare.md``, the TopK plot beside it.
+
+Example::
+
+    python -m experiments.compare_optimizers expressions --preset cpu --budget 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from experiments import tasks as registry
+from experiments.run import format_table, run_setting
+
+DEFAULT_OPTIMIZERS = ("gp-ei", "random", "thompson", "trust-region-ei", "trust-region-ts",
+                      "constrained-ei")  # fmt: skip
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("task", choices=sorted(registry.REGISTRY))
+    ap.add_argument("--preset", default="smoke")
+    ap.add_argument("--optimizers", nargs="+", choices=registry.OPTIMIZERS,
+                    default=list(DEFAULT_OPTIMIZERS))  # fmt: skip
+    ap.add_argument("--budget", type=int)
+    ap.add_argument("--seeds", type=int, nargs="+")
+    ap.add_argument("--workdir", type=Path, default=Path("runs"))
+    ap.add_argument("--no-plain", action="store_true", help="skip the plain-LSO row")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    entry = registry.get(args.task)
+    if args.preset not in entry.presets:
+        ap.error(f"task {args.task!r} has presets {sorted(entry.presets)}, not {args.preset!r}")
+    if args.budget is not None and args.budget < 1:
+        ap.error("--budget must be >= 1")
+    return args
+
+
+def main(argv=None) -> str:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    entry = registry.get(args.task)
+    preset = entry.presets[args.preset]
+    seeds = args.seeds if args.seeds is not None else preset.get("seeds", [0])
+    base = {} if args.budget is None else {"budget": args.budget}
+    root = args.workdir / "compare" / args.task / args.preset
+    rows = []
+    if not args.no_plain:
+        rows.append(("plain LSO", "gp-ei", dict(base, k=math.inf, retrain_every=None)))
+    for name in args.optimizers:
+        if name == "constrained-ei" and entry.constraint is None:
+            print(f"skipping constrained-ei: task {args.task!r} defines no constraint")
+            continue
+        if name == "grid" and preset.get("optimizer") != "grid":
+            continue
+        rows.append((f"WR + {name}", name, dict(base)))
+    cache: dict = {}
+    summaries, dirs, labels = [], [], []
+    for label, optimizer, overrides in rows:
+        out = root / optimizer if label != "plain LSO" else root / "plain"
+        got = run_setting(args.task, args.preset, dict(overrides, optimizer=optimizer), seeds, out,
+                          progress=not args.no_progress, task_cache=cache)  # fmt: skip
+        for s in got:
+            s["setting"] = label
+        summaries += got
+        dirs.append(Path(got[0]["dir"]).parent)
+        labels.append(label)
+    table = format_table(summaries)
+    text = (f"{args.task}, preset {args.preset}, seeds {list(seeds)}"
+            + (f", budget {args.budget}" if args.budget else "") + "\n\n" + table + "\n")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "compare.md").write_text(text)
+    print(text)
+    try:
+        from experiments.plot import plot_settings
+
+        plot_settings(dirs, root / "compare_topk.png", title=f"{args.task} ({args.preset})",
+                      labels=labels)
+    except Exception as e:  # noqa: BLE001 - the table is the result; a plot failure is not fatal
+        print(f"plot skipped: {type(e).__name__}: {e}")
+    return text
+
+
+if __name__ == "__main__":
+    main()
