@@ -387,85 +387,13 @@ def _check_buffer(y, mask, name_y="y"):
     check_masked_scores(y, mask, name=name_y)
 
 
-def select_subset(
-    key: jax.Array,
-    y: ArrayLike,
-    mask: ArrayLike,
-    *,
-    n_best: int,
-    n_random: int,
-    include: ArrayLike | None = None,
-    n_include: int = 0,
-) -> Subset:
-    """The ``n_best`` highest scores, up to ``n_include`` forced points, and ``n_random`` others.
+def select_subset(key, y, mask, *, n_best, n_random, include=None, n_include=0) -> Subset:
+    """The GP's data subset: :func:`wrjax.bo.select_subset` (the BO data policy lives beside
+    the optimiser; this name stays for existing callers)."""
+    from wrjax import bo  # bo imports this module
 
-    The GP data of appendix C.2: the 2,000 best plus 8,000 random points of the buffer; the
-    authors also add every point queried in the current retrain cycle (pass them as
-    ``include`` with ``n_include`` slots for them). Shapes are static: the result always has
-    ``S = min(n_best + n_include + n_random, C)`` entries, and when fewer valid points exist
-    the extra entries are masked out. The three groups are disjoint: forced points that are
-    already among the best take no second slot, and the random draw (uniform without
-    replacement, by random priority) is over the valid points in neither group. Forced points
-    beyond ``n_include`` join the random pool.
-
-    With the same ``key`` the random priorities per slot are the same, so the random part is
-    stable while a buffer grows (the loop keeps one key per retrain cycle).
-
-    Args:
-      key: PRNG key for the random part.
-      y: ``(C,)`` scores (higher is better).
-      mask: ``(C,)`` bool validity of the buffer slots.
-      n_best, n_random, n_include: static sizes of the three groups (>= 0).
-      include: optional ``(C,)`` bool, points that must be included (masked slots ignored).
-
-    Returns:
-      :class:`Subset` with ``index (S,)`` int32 and ``mask (S,)`` bool.
-    """
-    for name, v in (("n_best", n_best), ("n_random", n_random), ("n_include", n_include)):
-        if int(v) != v or v < 0:
-            raise ValueError(f"{name} must be a non-negative integer, got {v}")
-    if n_best + n_random + n_include <= 0:
-        raise ValueError("select_subset needs n_best + n_random + n_include > 0")
-    _check_buffer(y, mask)
-    y = jnp.asarray(y)
-    mask = jnp.asarray(mask, bool)
-    c = y.shape[0]
-    include = jnp.zeros((c,), bool) if include is None else jnp.asarray(include, bool)
-    if include.shape != (c,):
-        raise ValueError(f"include must have shape {(c,)}, got {include.shape}")
-
-    neg = jnp.asarray(-jnp.inf, jnp.float32)
-    slot = jnp.arange(c, dtype=jnp.int32)
-    taken = jnp.zeros((c,), bool)
-    parts_i, parts_m = [], []
-
-    def take(priority, eligible, k):
-        # top-k by priority among eligible slots; masked entries when fewer are eligible
-        if k == 0:
-            return jnp.zeros((0,), jnp.int32), jnp.zeros((0,), bool)
-        vals, idx = jax.lax.top_k(jnp.where(eligible, priority, neg), k)
-        return idx.astype(jnp.int32), jnp.isfinite(vals)
-
-    score = y.astype(jnp.float32)
-    k_best = min(n_best, c)
-    i_best, m_best = take(score, mask, k_best)
-    taken = taken.at[i_best].set(m_best)
-    parts_i.append(i_best)
-    parts_m.append(m_best)
-
-    k_inc = min(n_include, c - k_best)
-    # forced points: prefer later slots (the most recent queries) when over capacity
-    i_inc, m_inc = take(slot.astype(jnp.float32), include & mask & ~taken, k_inc)
-    taken = taken.at[i_inc].set(m_inc | taken[i_inc])
-    parts_i.append(i_inc)
-    parts_m.append(m_inc)
-
-    k_rand = min(n_random, c - k_best - k_inc)
-    u = jax.random.uniform(key, (c,), jnp.float32)
-    i_rand, m_rand = take(u, mask & ~taken, k_rand)
-    parts_i.append(i_rand)
-    parts_m.append(m_rand)
-    return Subset(jnp.concatenate(parts_i), jnp.concatenate(parts_m))
+    return bo.select_subset(key, y, mask, n_best=n_best, n_random=n_random, include=include,
+                            n_include=n_include)  # fmt: skip
 
 
 @float64_scope
