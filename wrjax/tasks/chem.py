@@ -358,26 +358,25 @@ def make_objective(
     raise ValueError(f"unknown objective {name!r}; choose one of {OBJECTIVES}")
 
 
-def qed(smiles: str) -> float:
-    """RDKit's quantitative estimate of drug-likeness (0..1), NaN when invalid."""
+def _descriptor(fn: Callable, smiles: str) -> float:
+    """``fn(mol)`` as a float, NaN for an invalid molecule or an RDKit failure."""
     mol = _mol_from_smiles(smiles)
     if mol is None:
         return math.nan
     try:
-        return float(QED.qed(mol))
-    except Exception:  # noqa: BLE001
+        return float(fn(mol))
+    except Exception:  # noqa: BLE001 - odd input means "no value", never a crash
         return math.nan
+
+
+def qed(smiles: str) -> float:
+    """RDKit's quantitative estimate of drug-likeness (0..1), NaN when invalid."""
+    return _descriptor(QED.qed, smiles)
 
 
 def sa_score(smiles: str) -> float:
     """Synthetic accessibility (1 easy .. 10 hard, Ertl & Schuffenhauer), NaN when invalid."""
-    mol = _mol_from_smiles(smiles)
-    if mol is None:
-        return math.nan
-    try:
-        return float(sascorer.calculateScore(mol))
-    except Exception:  # noqa: BLE001
-        return math.nan
+    return _descriptor(sascorer.calculateScore, smiles)
 
 
 def tanimoto(a: str, b: str, *, radius: int = 2, bits: int = 2048) -> float:
