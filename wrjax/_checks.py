@@ -15,7 +15,16 @@ import numpy as np
 
 from wrjax.precision import is_tracer
 
-__all__ = ["check_masked_scores", "check_positive", "check_int", "check_choice", "check_unit"]
+__all__ = ["check_masked_scores", "check_positive", "check_int", "check_choice", "check_unit",
+           "check_objective_value", "check_k", "check_weights", "FLOAT32_MAX", "K_MIN"]
+
+#: Scores are float32 in the buffer, the weights and the GP: a score beyond this overflows.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: The smallest rank-weighting ``k`` (float32's smallest normal number): the best point's raw
+#: weight ``1 / (k N)`` is at most ``1 / k``, finite for any ``k`` from here on; a smaller
+#: ``k`` is a subnormal or 0 in float32 and the weights overflow to NaN. (Already at
+#: ``k = 1e-10`` the best point holds all but ~1e-9 of the weight.)
+K_MIN = float(np.finfo(np.float32).tiny)
 
 
 def check_masked_scores(scores, mask=None, *, name: str = "scores") -> None:
@@ -54,6 +63,11 @@ def check_masked_scores(scores, mask=None, *, name: str = "scores") -> None:
             f"{name} must be finite on valid slots; slot {i} is {s[i]} "
             f"({int(bad.sum())} non-finite in all). Record such points and mask them out."
         )
+    if np.issubdtype(s.dtype, np.floating):
+        big = (np.abs(s.astype(np.float64)) > FLOAT32_MAX) & m
+        if big.any():
+            i = int(np.flatnonzero(big)[0])
+            raise ValueError(f"{name} must be within float32's range on valid slots; slot {i} is {s[i]}")
 
 
 def check_positive(name: str, value, *, hint: str = "") -> None:
@@ -81,3 +95,83 @@ def check_unit(name: str, value) -> None:
     """``0 <= value <= 1``."""
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+
+def check_objective_value(value) -> float:
+    """An objective's return value as a float, or ``ValueError`` saying why it is not a score.
+
+    A score is a real number (Python, NumPy, or a size-1 array of a real dtype), finite and
+    within float32's range; ``bool`` and strings are not numbers here.
+
+    >>> check_objective_value(np.array([2.5]))
+    2.5
+    >>> check_objective_value("5")
+    Traceback (most recent call last):
+    ...
+    ValueError: objective returned str '5', not a number
+    """
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise ValueError(f"objective returned {type(value).__name__} {value!r}, not a number")
+    if is_tracer(value):
+        raise ValueError("objective returned a traced value; it must return a concrete number")
+    try:
+        arr = np.asarray(value)
+    except Exception:  # noqa: BLE001 - anything array-like may fail its own way
+        raise ValueError(f"objective returned {type(value).__name__}, not a number") from None
+    if arr.size != 1:
+        raise ValueError(f"objective returned an array of shape {arr.shape}, not one number")
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"objective returned dtype {arr.dtype}, not a real number")
+    v = float(arr.reshape(()))
+    if not math.isfinite(v):
+        raise ValueError(f"non-finite score {v}")
+    if abs(v) > FLOAT32_MAX:
+        raise ValueError(f"score {v!r} is outside float32's range (|score| <= {FLOAT32_MAX:.4g})")
+    return v
+
+
+def check_k(name: str, value, *, hint: str = "") -> None:
+    """A rank-weighting strength: a real number (not bool or str), ``K_MIN <= k <= inf``.
+
+    Traced values are not checked.
+
+    >>> check_k("k", 1e-45)
+    Traceback (most recent call last):
+    ...
+    ValueError: k must be >= 1.175e-38 (float32's smallest normal number; a smaller k makes the weights NaN), got 1e-45
+    """
+    if is_tracer(value):
+        return
+    if isinstance(value, (bool, np.bool_, str, bytes)) or not (
+        isinstance(value, (int, float, np.integer, np.floating))
+        or (isinstance(value, np.ndarray) or hasattr(value, "__array__")) and np.ndim(value) == 0
+    ):
+        raise ValueError(f"{name} must be a real number > 0{hint}, got {type(value).__name__} {value!r}")
+    v = float(np.asarray(value))
+    if math.isnan(v) or v <= 0:
+        raise ValueError(f"{name} must be > 0{hint}, got {v}")
+    if v < K_MIN:
+        raise ValueError(f"{name} must be >= {K_MIN:.4g} (float32's smallest normal number; a smaller "
+                         f"k makes the weights NaN), got {v:g}")
+
+
+def check_weights(weights, n_rows: int, mask=None, *, name: str = "weights") -> None:
+    """Dataset weights for ``n_rows`` rows: ``(n_rows,)``, finite, ``>= 0`` and not all zero
+    on valid slots (``mask``). Traced values are not checked."""
+    if is_tracer(weights) or (mask is not None and is_tracer(mask)):
+        return
+    w = np.asarray(weights)
+    if w.ndim != 1 or w.shape[0] != n_rows:
+        raise ValueError(f"{name} must have one entry per data row: shape ({n_rows},), got {w.shape}")
+    if w.dtype == np.bool_ or not (np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)):
+        raise ValueError(f"{name} must be real numbers, got dtype {w.dtype}")
+    m = np.ones(w.shape, bool) if mask is None else np.asarray(mask, bool)
+    wv = w[m] if m.shape == w.shape else w
+    if not np.isfinite(wv).all():
+        raise ValueError(f"{name} must be finite on valid rows")
+    if (wv < 0).any():
+        raise ValueError(f"{name} must be >= 0, got {float(wv.min())} at a valid row")
+    if not (wv > 0).any():
+        raise ValueError(f"{name} are all zero on valid rows: nothing to train on")
+    if float(np.sum(wv, dtype=np.float64)) > FLOAT32_MAX:
+        raise ValueError(f"{name} sum beyond float32's range; rescale them (any scale works)")

@@ -7,11 +7,16 @@ time taken). Loading needs a *target* pytree of the same structure (e.g. freshly
 params), as with flax's own ``from_bytes``; the arrays come back on the default device.
 
 Writes are atomic (write to a temporary file, then rename), so an interrupted run never
-leaves a half-written checkpoint behind.
+leaves a half-written file behind. The pair is one unit: the blob is written first and the
+JSON last, and with ``checksum=True`` the JSON records the blob's size and SHA-256, so a
+checkpoint is complete exactly when its JSON parses and the blob matches it
+(:func:`verify_checkpoint`); a kill between the two writes leaves a blob without JSON, an
+incomplete checkpoint, never a wrong one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,7 +28,12 @@ from flax import serialization
 
 from wrjax.typing import PyTree
 
-__all__ = ["save_pytree", "load_pytree", "load_metadata", "atomic_write_bytes"]
+__all__ = ["save_pytree", "load_pytree", "load_metadata", "atomic_write_bytes", "verify_checkpoint",
+           "CheckpointError"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, damaged or incomplete (the message names the file)."""
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -45,15 +55,22 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return Path(f"{stem}.msgpack"), Path(f"{stem}.json")
 
 
-def save_pytree(path: str | os.PathLike, tree: PyTree, metadata: dict[str, Any] | None = None):
+def save_pytree(path: str | os.PathLike, tree: PyTree, metadata: dict[str, Any] | None = None,
+                *, checksum: bool = False):
     """Save ``tree`` (arrays, NamedTuples, dicts, PRNG keys) to ``path`` (+ ``.json`` metadata).
 
-    Typed PRNG keys are stored as their raw ``uint32`` key data.
+    Typed PRNG keys are stored as their raw ``uint32`` key data. ``checksum``: record the
+    blob's size and SHA-256 in the metadata (``blob_bytes``, ``blob_sha256``), checked by
+    :func:`verify_checkpoint`.
     """
     tree = jax.tree.map(_to_numpy, tree)
     blob_path, meta_path = _paths(path)
-    atomic_write_bytes(blob_path, serialization.to_bytes(tree))
-    text = json.dumps(_strict_json(metadata or {}), indent=2, default=str, allow_nan=False)
+    blob = serialization.to_bytes(tree)
+    atomic_write_bytes(blob_path, blob)
+    metadata = dict(metadata or {})
+    if checksum:
+        metadata.update(blob_bytes=len(blob), blob_sha256=hashlib.sha256(blob).hexdigest())
+    text = json.dumps(_strict_json(metadata), indent=2, default=str, allow_nan=False)
     atomic_write_bytes(meta_path, text.encode())
 
 
@@ -66,14 +83,45 @@ def load_pytree(path: str | os.PathLike, target: PyTree) -> PyTree:
     if not blob_path.exists():
         raise FileNotFoundError(f"no checkpoint at {blob_path}")
     raw_target = jax.tree.map(_to_numpy, target)
-    restored = serialization.from_bytes(raw_target, blob_path.read_bytes())
+    try:
+        restored = serialization.from_bytes(raw_target, blob_path.read_bytes())
+    except Exception as e:  # msgpack's errors name no file
+        raise CheckpointError(f"damaged checkpoint {blob_path}: {type(e).__name__}: {e}") from e
     return jax.tree.map(_restore_like, restored, target)
 
 
 def load_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON metadata saved beside a checkpoint."""
+    """The JSON metadata saved beside a checkpoint (``CheckpointError`` naming the file if
+    it is missing or not a JSON object)."""
     _, meta_path = _paths(path)
-    return json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"incomplete checkpoint: {meta_path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"damaged checkpoint metadata {meta_path}: {e}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"damaged checkpoint metadata {meta_path}: not a JSON object")
+    return meta
+
+
+def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a complete checkpoint saved with ``checksum=True``.
+
+    Raises :class:`CheckpointError` naming the file when the JSON is missing or damaged, or
+    the blob is missing or differs from the size and SHA-256 the JSON records.
+    """
+    blob_path, meta_path = _paths(path)
+    meta = load_metadata(path)
+    if "blob_sha256" not in meta:
+        raise CheckpointError(f"{meta_path} records no blob checksum (not saved with checksum=True)")
+    if not blob_path.exists():
+        raise CheckpointError(f"incomplete checkpoint: {blob_path} is missing")
+    blob = blob_path.read_bytes()
+    if len(blob) != meta.get("blob_bytes") or hashlib.sha256(blob).hexdigest() != meta["blob_sha256"]:
+        raise CheckpointError(f"damaged checkpoint {blob_path}: {len(blob)} bytes, not the "
+                              f"{meta.get('blob_bytes')} bytes its metadata records (or a different checksum)")
+    return meta
 
 
 def _strict_json(value):

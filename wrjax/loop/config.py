@@ -48,6 +48,10 @@ class LSOConfig:
       max_consecutive_discards: stop the run (status ``stalled``) after this many discarded
         suggestions in a row.
       seed: recorded for reference; randomness comes from the key given to :func:`wrjax.run`.
+      objective_timeout: seconds one objective call may take (``None``, the default: no
+        limit). The objective then runs in a worker thread; a call past the limit is recorded
+        as ``objective-timeout`` (it counts toward the budget) and the thread is abandoned
+        (a thread cannot be killed: an objective that may hang forever should be a process).
 
     >>> LSOConfig(budget=100, retrain_every=50, k=1e-3).cycle_k
     (0.001, 0.001)
@@ -73,6 +77,7 @@ class LSOConfig:
     from_scratch: bool = False
     max_consecutive_discards: int = 200
     seed: int = 0
+    objective_timeout: float | None = None
 
     def __post_init__(self):
         try:
@@ -99,6 +104,10 @@ class LSOConfig:
         check_int("batch_size", self.batch_size, minimum=1)
         check_positive("learning_rate", self.learning_rate)
         check_int("max_consecutive_discards", self.max_consecutive_discards, minimum=1)
+        if self.objective_timeout is not None:
+            if isinstance(self.objective_timeout, bool):
+                raise ValueError(f"objective_timeout must be seconds > 0 or None, got {self.objective_timeout!r}")
+            check_positive("objective_timeout", self.objective_timeout)
         try:
             weight_fn = make_cycle_weight_fn(self.weighting, **dict(self.weighting_params))
         except (TypeError, ValueError) as e:
@@ -150,6 +159,8 @@ class LSOConfig:
         elif math.isinf(k):
             out["k"] = "inf"
         out["weighting_params"] = [list(p) for p in self.weighting_params]
+        if self.objective_timeout is None:  # the default: absent, as in runs made before it
+            del out["objective_timeout"]
         return out
 
 

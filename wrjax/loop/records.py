@@ -5,6 +5,12 @@ step starts. On resume the records written after the last cycle checkpoint are *
 each decision the resumed run makes is checked against the log, an identical one keeps the
 original line (and its wall time), and a recorded evaluation is not repeated. If the run
 diverges, the stale tail is moved to ``records.orphaned.jsonl`` (never deleted).
+
+Crash consistency: a torn last line (a kill mid-write) is cut away before anything is
+appended, its bytes kept in ``records.jsonl.torn`` (:func:`repair_records`). Before the
+objective is called, the evaluation is written to ``pending.json``; a resume that reaches
+the same evaluation with that file still there knows the call never returned (it hung or
+killed the process) and records it as ``objective-error`` instead of calling it again.
 """
 
 from __future__ import annotations
@@ -22,13 +28,18 @@ import numpy as np
 from wrjax import checkpoint as ckpt
 from wrjax import metrics
 
-__all__ = ["STATUSES", "load_records", "RecordBook", "new_record", "summarize"]
+__all__ = ["STATUSES", "FAILED", "load_records", "repair_records", "RecordBook", "new_record", "summarize"]
 
 #: Record statuses. ``ok``: evaluated, added to the data. ``invalid``: the decoding is not a
 #: valid object. ``duplicate``: the object is in the training data or was already queried.
-#: ``objective-error``: the objective raised or returned NaN/inf (counts toward the budget,
-#: since the evaluation was spent, but is excluded from the data, the weights and the GP).
-STATUSES = ("ok", "invalid", "duplicate", "objective-error")
+#: ``objective-error``: the objective raised, returned something that is not a finite
+#: float32 number, or never returned (the process died during the call) (counts toward the
+#: budget, since the evaluation was spent, but is excluded from the data, the weights and
+#: the GP). ``objective-timeout``: the call ran past ``LSOConfig.objective_timeout`` (counted
+#: the same way).
+STATUSES = ("ok", "invalid", "duplicate", "objective-error", "objective-timeout")
+#: The statuses of a spent evaluation that added nothing to the data.
+FAILED = ("objective-error", "objective-timeout")
 
 
 def new_record(seq: int, z, cycle: int, proposal: int) -> dict:
@@ -61,6 +72,43 @@ def load_records(workdir: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             break
     return out
+
+
+def repair_records(path: Path) -> int:
+    """Cut a torn last line off ``records.jsonl``; returns the number of bytes cut.
+
+    The torn bytes are appended to ``records.jsonl.torn`` first (never lost). A damaged line
+    *before* the last one is not a crash's trace: ``ValueError`` naming the line.
+    """
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    # A complete file ends with "\n": the last piece is empty. Otherwise it is torn, unless
+    # it happens to be a whole record whose newline did not make it to disk.
+    cut = len(data) - len(lines[-1])
+    for i, line in enumerate(lines[:-1]):
+        try:
+            json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if i == len(lines) - 2 and not lines[-1]:
+                cut = len(data) - len(line) - 1  # a damaged, newline-terminated last line
+                break
+            raise ValueError(f"{path}: line {i + 1} is not a JSON record (only the last line "
+                             "can be torn by a crash); fix or remove it to resume") from None
+    if cut == len(data):
+        return 0
+    torn = path.with_name(path.name + ".torn")
+    with open(torn, "ab") as f:
+        f.write(data[cut:] + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    with open(path, "r+b") as f:
+        f.truncate(cut)
+        f.flush()
+        os.fsync(f.fileno())
+    warnings.warn(f"{path}: cut a torn last line ({len(data) - cut} bytes, kept in {torn.name})")
+    return len(data) - cut
 
 
 class RecordBook:
@@ -132,13 +180,15 @@ def summarize(task_name: str, config_json: dict, records: list[dict], status: st
     scores = np.array([r["score"] for r in records if r["status"] == "ok"], np.float32)
     curves = metrics.topk_curves(scores)
     counts = {s: sum(r["status"] == s for r in records) for s in STATUSES}
+    if not counts["objective-timeout"]:  # listed only when it happened (as before it existed)
+        del counts["objective-timeout"]
     ok = sorted((r for r in records if r["status"] == "ok"), key=lambda r: -r["score"])
     final = {k: (None if len(v) == 0 or np.isnan(v[-1]) else float(v[-1])) for k, v in curves.items()}
     summary = {
         "task": task_name,
         "config": config_json,
         "status": status,
-        "num_evaluations": int(len(scores)) + counts["objective-error"],
+        "num_evaluations": int(len(scores)) + sum(counts.get(s, 0) for s in FAILED),
         "counts": counts,
         "final": final,
         "best": [{"text": r["text"], "score": r["score"], "eval": r["eval"]} for r in ok[:10]],

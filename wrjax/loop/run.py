@@ -18,13 +18,19 @@ novelty checks, the objective and the records run between them. ``run`` on an ex
 workdir resumes from the last cycle checkpoint and replays the records after it
 (:mod:`wrjax.loop.records`), so an interrupted run yields exactly the records of an
 uninterrupted one.
+
+A run directory has one writer at a time (a lock file, ``run.lock``, with the holder's pid
+and host in ``run.lock.owner``); checkpoints are verified against the checksum their JSON
+records, and a damaged latest one falls back to the previous one (see
+:mod:`wrjax.loop.records` for the records' own crash consistency).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
+import socket
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -38,12 +44,21 @@ from wrjax import checkpoint as ckpt
 from wrjax.loop import steps
 from wrjax.loop.config import LSOConfig
 from wrjax.loop.optimizers import Optimizer
-from wrjax.loop.records import RecordBook, load_records, new_record, summarize
+from wrjax._checks import check_objective_value
+from wrjax.loop.records import FAILED, RecordBook, load_records, new_record, repair_records, summarize
 from wrjax.loop.state import LSOState, init_state
 from wrjax.task import Task
 from wrjax.typing import PyTree
 
-__all__ = ["run", "RunResult"]
+__all__ = ["run", "RunResult", "RunError", "RunLockedError"]
+
+
+class RunError(RuntimeError):
+    """A run directory that cannot be used as it is; the message says why and what to do."""
+
+
+class RunLockedError(RunError):
+    """Another process holds the run directory (the message names it)."""
 
 
 class RunResult(NamedTuple):
@@ -95,6 +110,14 @@ def run(
     config_json = {"task": task.name, **config.to_json(), "optimizer": optimizer.name,
                    "optimizer_config": optimizer.config}  # fmt: skip
     config_json = json.loads(json.dumps(config_json, default=str))
+    lock = _lock_workdir(workdir)
+    try:
+        return _run_locked(key, task, config, optimizer, workdir, config_json, callbacks, progress)
+    finally:
+        lock.release()
+
+
+def _run_locked(key, task, config, optimizer, workdir, config_json, callbacks, progress) -> RunResult:
     _claim_workdir(workdir, config_json)
     host = _Host(task, config, optimizer, workdir)
     state = init_state(key, task.x, task.y, task.params, host.trainer.tx, budget=config.budget,
@@ -127,6 +150,29 @@ def run(
     return RunResult(book.records, scores, curves, state.train.params, status, summary)
 
 
+def _lock_workdir(workdir: Path):
+    """Take ``workdir``'s single-writer lock at once, or ``RunLockedError`` naming the holder."""
+    import filelock
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(workdir / "run.lock"), timeout=0)
+    owner = workdir / "run.lock.owner"
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        try:
+            who = json.loads(owner.read_text())
+            holder = f"pid {who['pid']} on {who['host']} (since {who['since']})"
+        except Exception:  # noqa: BLE001 - the holder may not have written it yet
+            holder = "another process"
+        raise RunLockedError(f"{workdir} is in use by {holder}; wait for it to finish, or stop "
+                             "it, then run again (one process per run directory)") from None
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+    ckpt.atomic_write_bytes(owner, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                               "since": since}).encode())  # fmt: skip
+    return lock
+
+
 def _claim_workdir(workdir: Path, config_json: dict) -> None:
     """Create ``workdir`` with ``config.json``, or check an existing run's settings."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -134,7 +180,11 @@ def _claim_workdir(workdir: Path, config_json: dict) -> None:
     if not path.exists():
         ckpt.atomic_write_bytes(path, json.dumps(config_json, indent=2).encode())
         return
-    old = json.loads(path.read_text())
+    try:
+        old = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path} is damaged ({e}); restore it, or delete it to resume with the "
+                       "current settings") from None
     if old != config_json:
         diff = sorted(k for k in set(old) | set(config_json) if old.get(k) != config_json.get(k))
         raise ValueError(
@@ -158,6 +208,8 @@ class _Host:
         self.seen: set[str] = set(task.initial_keys) | set(task.seen_keys)
         self.known: dict[str, float] = dict(zip(task.initial_keys, map(float, np.asarray(task.y, np.float32))))
         self.discards = 0
+        self.pending_path = workdir / "pending.json"
+        self.pending: dict | None = None
         self.bar = _NoBar()
         # Jit boundary: traceable optimisers and the bookkeeping steps, once per run.
         if optimizer.traceable:
@@ -174,15 +226,35 @@ class _Host:
 
     def resume(self, state: LSOState, callbacks) -> tuple[LSOState, bool, RecordBook]:
         """Restore the last cycle checkpoint, if records exist; returns the record book."""
+        repair_records(self.workdir / "records.jsonl")
         old = load_records(self.workdir)
-        last = _last_checkpoint(self.workdir / "checkpoints")
+        if self.pending_path.exists():
+            try:
+                self.pending = json.loads(self.pending_path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):  # written atomically: not expected
+                warnings.warn(f"ignoring damaged {self.pending_path}")
         seq, resumed = 0, False
-        if last is not None and old:
-            meta = ckpt.load_metadata(last)
-            seq, resumed = meta["seq"], True
-            state = self._restore(state, last, meta)
+        for last in _checkpoints(self.workdir / "checkpoints"):
+            try:
+                meta = _checkpoint_meta(last)
+                if meta["seq"] > len(old):
+                    raise RunError(
+                        f"{self.workdir / 'records.jsonl'} has {len(old)} records but checkpoint "
+                        f"{last.name} was taken after record {meta['seq']}: records were lost. "
+                        "Restore records.jsonl from a copy, or delete the checkpoints taken after "
+                        f"record {len(old)} (their .msgpack and .json in {last.parent}) to resume "
+                        "from an earlier one, re-evaluating the lost points"
+                    )
+                if not old and meta["seq"] == 0:
+                    break  # nothing recorded yet: start afresh (the same as resuming)
+                restored = self._restore(state, last, meta)
+            except ckpt.CheckpointError as e:
+                warnings.warn(f"{e}; falling back to the previous checkpoint")
+                continue
+            state, seq, resumed = restored, meta["seq"], True
             self.seen.update(r["key"] for r in old[:seq] if r.get("key") is not None)
             self.known.update((r["key"], float(r["score"])) for r in old[:seq] if r["status"] == "ok")
+            break
         return state, resumed, RecordBook(self.workdir / "records.jsonl", old[:seq], old[seq:], callbacks)
 
     def _restore(self, state: LSOState, path, meta: dict) -> LSOState:
@@ -193,7 +265,7 @@ class _Host:
             "x": jax.tree.map(lambda a: np.zeros((n_q, *np.shape(a)[1:]), np.asarray(a).dtype), x0),
             "y": np.zeros((n_q,), np.float32),
         }
-        saved = ckpt.load_pytree(path, target)
+        saved = ckpt.load_pytree(path.with_suffix(".msgpack"), target)
         x = jax.tree.map(lambda a, b: np.concatenate([np.asarray(a), b]), x0, saved["x"])
         y = np.concatenate([np.asarray(self.task.y, np.float32), saved["y"]])
         return state._replace(
@@ -223,6 +295,7 @@ class _Host:
              "y": np.asarray(b.y[n0 : n0 + n_q])},
             {"cycle": cycle, "n_evals": n_evals, "seq": book.seq, "proposal": int(state.proposal),
              "num_queried": n_q, "k": self.config.k_at(cycle), "time": time.time()},
+            checksum=True,
         )  # fmt: skip
         return state
 
@@ -299,10 +372,19 @@ class _Host:
         """Evaluate a valid novel object (or take the replayed result) and append it."""
         rec["eval"] = int(state.n_evals)
         old = book.replayed(rec["seq"])
-        if old is not None and old.get("key") == rec["key"] and old["status"] in ("ok", "objective-error"):
+        pending = self.pending
+        if old is not None and old.get("key") == rec["key"] and old["status"] in ("ok", *FAILED):
             rec["status"], rec["score"], rec["error"] = old["status"], old["score"], old["error"]
+        elif pending is not None and all(pending.get(f) == rec[f] for f in ("seq", "key", "eval")):
+            # The last run called the objective here and never recorded a result: the call
+            # hung or took the process down. Do not call it again.
+            rec["status"], rec["score"] = "objective-error", None
+            rec["error"] = "the objective never returned (the process stopped during the call); not retried"
         else:
-            rec["status"], rec["score"], rec["error"] = _call_objective(self.task, obj)
+            ckpt.atomic_write_bytes(self.pending_path, json.dumps(
+                {f: rec[f] for f in ("seq", "eval", "key", "text")}).encode())  # fmt: skip
+            rec["status"], rec["score"], rec["error"] = _call_objective(
+                self.task, obj, self.config.objective_timeout)  # fmt: skip
         self.seen.add(rec["key"])
         if rec["status"] == "ok":
             self.known[rec["key"]] = float(rec["score"])
@@ -310,6 +392,8 @@ class _Host:
         else:
             state = steps.count_failed_eval(state)
         book.emit(rec)
+        self.pending = None
+        self.pending_path.unlink(missing_ok=True)
         self.discards = 0
         self.bar.update(1)
         return state
@@ -348,11 +432,26 @@ def _host_candidates(proposal) -> tuple[np.ndarray, list | None]:
     return z, objects
 
 
-def _last_checkpoint(ckpt_dir: Path):
+def _checkpoints(ckpt_dir: Path) -> list[Path]:
+    """The cycle checkpoints (``.json`` paths, blob or metadata present), newest first."""
     if not ckpt_dir.exists():
-        return None
-    found = sorted(ckpt_dir.glob("cycle_*.msgpack"))
-    return found[-1] if found else None
+        return []
+    stems = {p.with_suffix(".json") for p in ckpt_dir.glob("cycle_*.msgpack")}
+    stems |= set(ckpt_dir.glob("cycle_*.json"))
+    return sorted(stems, reverse=True)
+
+
+def _checkpoint_meta(path: Path) -> dict:
+    """A checkpoint's metadata if it is complete (``CheckpointError`` naming the file if not)."""
+    meta = ckpt.load_metadata(path)
+    if "blob_sha256" in meta:
+        meta = ckpt.verify_checkpoint(path)
+    elif not path.with_suffix(".msgpack").exists():  # saved before checksums
+        raise ckpt.CheckpointError(f"incomplete checkpoint: {path.with_suffix('.msgpack')} is missing")
+    for f in ("seq", "cycle", "n_evals", "proposal", "num_queried"):
+        if not isinstance(meta.get(f), int):
+            raise ckpt.CheckpointError(f"damaged checkpoint metadata {path}: no integer {f!r}")
+    return meta
 
 
 def _safe_text(task: Task, obj) -> str | None:
@@ -362,14 +461,36 @@ def _safe_text(task: Task, obj) -> str | None:
         return repr(obj)[:200]
 
 
-def _call_objective(task: Task, obj) -> tuple[str, float | None, str | None]:
-    """Call the host objective; exceptions and non-finite values become ``objective-error``."""
-    try:
-        value = float(task.objective(obj))
-    except Exception as e:  # the objective is user code: record, don't crash the run
+def _call_objective(task: Task, obj, timeout: float | None = None) -> tuple[str, float | None, str | None]:
+    """Call the host objective: ``(status, score, error)``.
+
+    Exceptions, and values that are not a finite float32-range number, are
+    ``objective-error``; with ``timeout`` the call runs in a daemon thread and one that has
+    not returned after ``timeout`` seconds is ``objective-timeout`` (and abandoned).
+    """
+    box: dict = {}
+
+    def call():
+        try:
+            box["value"] = task.objective(obj)
+        except Exception as e:  # the objective is user code: record, don't crash the run
+            box["error"] = e
+
+    if timeout is None:
+        call()
+    else:
+        worker = threading.Thread(target=call, name="wrjax-objective", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            return "objective-timeout", None, f"no result after {timeout:g} s (the call was abandoned)"
+    if "error" in box:
+        e = box["error"]
         return "objective-error", None, f"{type(e).__name__}: {e}"[:500]
-    if not math.isfinite(value):
-        return "objective-error", None, f"non-finite score {value}"
+    try:
+        value = check_objective_value(box.get("value"))
+    except ValueError as e:
+        return "objective-error", None, str(e)[:500]
     return "ok", value, None
 
 
