@@ -6,8 +6,9 @@
 
 Settings (§6): k = inf & never (plain LSO), k = inf & every R (retraining only),
 k = K & never (weighting only), k = K & every R (weighted retraining); ``--extra-k`` adds
-weighted-retraining settings with other k. Writes ``WORKDIR/TASK/ablation.md`` (the table)
-and ``WORKDIR/TASK/ablation_topk.png`` (TopK curves, mean ± s.e.). ``--report-only`` runs
+weighted-retraining settings with other k. Writes ``WORKDIR/TASK/GROUP/ablation.md`` (the
+table; GROUP as in ``experiments.run``, e.g. ``paper-b60-grid``) and
+``WORKDIR/TASK/GROUP/ablation_topk.png`` (TopK curves, mean ± s.e.). ``--report-only`` runs
 nothing and redraws both from the seeds already finished (e.g. settings run in parallel with
 ``experiments.run``).
 """
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from experiments import tasks as registry
 from experiments.plot import plot_settings
-from experiments.run import format_table, parse_retrain, run_setting, setting_name
+from experiments.run import (check_preset, format_table, parse_retrain, positive_int, preset_help,
+                             preset_names, run_setting, setting_dir, setting_name, user_errors)
 
 
 def ablation_settings(k: float, retrain_every: int, extra_k=()) -> list[tuple[float, int | None]]:
@@ -42,13 +44,14 @@ def read_summaries(setting_dir: Path, name: str, seeds) -> list[dict]:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=preset_help())  # fmt: skip
     ap.add_argument("task", choices=sorted(registry.REGISTRY))
-    ap.add_argument("--preset", default="paper")
+    ap.add_argument("--preset", default="paper", choices=preset_names())
     ap.add_argument("--k", type=float)
     ap.add_argument("--retrain-every", type=parse_retrain)
     ap.add_argument("--extra-k", type=float, nargs="*", default=[])
-    ap.add_argument("--budget", type=int)
+    ap.add_argument("--budget", type=positive_int)
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--workdir", type=Path, default=Path("runs"))
     ap.add_argument("--no-progress", action="store_true")
@@ -56,7 +59,7 @@ def main(argv=None):
                     help="run nothing: tabulate and plot the seeds' summary.json files already in WORKDIR")
     args = ap.parse_args(argv)
 
-    preset = registry.get(args.task).presets[args.preset]
+    preset = check_preset(ap, args.task, args.preset)
     k = args.k if args.k is not None else preset.get("k", 1e-3)
     r = args.retrain_every if args.retrain_every is not None else preset.get("retrain_every", 50)
     seeds = args.seeds if args.seeds is not None else preset.get("seeds", [0])
@@ -65,16 +68,25 @@ def main(argv=None):
     cache: dict = {}
     for kk, rr in ablation_settings(k, r, args.extra_k):
         name = setting_name(kk, rr)
+        over = {"k": kk, "retrain_every": rr, **extra}
+        sdir = setting_dir(args.workdir, args.task, args.preset, over)
         if args.report_only:
-            summaries += read_summaries(args.workdir / args.task / name, name, seeds)
-            dirs.append(args.workdir / args.task / name)
+            found = read_summaries(sdir, name, seeds)
+            summaries += found
+            if found:
+                dirs.append(sdir)
             continue
         print(f"== {name} ==", flush=True)
-        summaries += run_setting(args.task, args.preset, {"k": kk, "retrain_every": rr, **extra},
-                                 seeds, args.workdir, progress=not args.no_progress, task_cache=cache)
-        dirs.append(args.workdir / args.task / setting_name(kk, rr))
+        try:
+            summaries += run_setting(args.task, args.preset, over, seeds, args.workdir,
+                                     progress=not args.no_progress, task_cache=cache)  # fmt: skip
+        except user_errors() as e:
+            ap.error(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        dirs.append(sdir)
+    out_dir = sdir.parent
+    if not summaries:
+        ap.error(f"no finished seeds under {out_dir}: nothing to report ({out_dir / 'ablation.md'} left as it is)")
     table = format_table(summaries)
-    out_dir = args.workdir / args.task
     (out_dir / "ablation.md").write_text(table + "\n")
     png = plot_settings(dirs, out_dir / "ablation_topk.png", title=f"{args.task} ablation ({args.preset})")
     print(table)

@@ -22,10 +22,13 @@ import numpy as np  # noqa: E402
 from wrjax import metrics  # noqa: E402
 
 
+METRICS = ("top1", "top10", "top50")
+
+
 def load_setting(setting_dir: Path) -> list[dict]:
     summaries = [json.loads(p.read_text()) for p in sorted(Path(setting_dir).glob("seed*/summary.json"))]
     if not summaries:
-        raise SystemExit(f"no seed*/summary.json under {setting_dir}")
+        raise ValueError(f"no seed*/summary.json under {setting_dir}")
     return summaries
 
 
@@ -69,10 +72,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("settings", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, default=Path("topk.png"))
-    ap.add_argument("--metric", nargs="+", default=["top1", "top10", "top50"])
+    ap.add_argument("--metric", nargs="+", default=list(METRICS), choices=METRICS)
     ap.add_argument("--title")
     args = ap.parse_args(argv)
-    print(plot_settings(args.settings, args.out, metric_names=args.metric, title=args.title))
+    try:
+        print(plot_settings(args.settings, args.out, metric_names=args.metric, title=args.title))
+    except (ValueError, json.JSONDecodeError) as e:
+        ap.error(str(e))
 
 
 if __name__ == "__main__":

@@ -3,9 +3,11 @@
     python -m experiments.run TASK [--preset smoke|paper] [--k K] [--retrain-every R|none]
                               [--budget B] [--seeds 0 1 2] [--workdir runs] [--optimizer ...]
 
-Each seed's run goes to ``WORKDIR/TASK/SETTING/seedN`` (records.jsonl, checkpoints/,
-summary.json); an existing run directory is resumed. At the end a TopK table is printed and
-a TopK-vs-evaluations plot is written to ``WORKDIR/TASK/SETTING/topk.png``.
+Each seed's run goes to ``WORKDIR/TASK/GROUP/SETTING/seedN`` (records.jsonl, checkpoints/,
+summary.json), GROUP naming the preset, budget and optimiser (``smoke-b20-grid``) and SETTING
+k and the retrain interval (``k1e-3_r5``), so runs that differ in anything never share a
+directory; an existing run directory is resumed. At the end a TopK table is printed and a
+TopK-vs-evaluations plot is written to ``WORKDIR/TASK/GROUP/SETTING/topk.png``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,30 @@ def setting_name(k, retrain_every: int | None) -> str:
     return f"k{format_k(k)}_r{'never' if retrain_every is None else retrain_every}"
 
 
+def group_name(preset: str, budget: int, optimizer: str) -> str:
+    """``smoke-b20-grid``: the directory of the settings that share a preset, budget and
+    optimiser (everything else a run depends on, but k and the retrain interval, and the
+    seed, comes from the preset)."""
+    return f"{preset}-b{int(budget)}-{optimizer}"
+
+
+def resolve_options(task_name: str, preset: str, overrides: dict) -> dict:
+    """The preset's options with ``overrides`` applied (``seeds`` dropped)."""
+    entry = registry.get(task_name)
+    if preset not in entry.presets:
+        raise ValueError(f"task {task_name!r} has presets {sorted(entry.presets)}, not {preset!r}")
+    options = {**entry.presets[preset], **overrides}
+    options.pop("seeds", None)
+    return options
+
+
+def setting_dir(workdir: Path, task_name: str, preset: str, overrides: dict) -> Path:
+    """``WORKDIR/TASK/GROUP/SETTING``: where the seeds of one setting go."""
+    o = resolve_options(task_name, preset, overrides)
+    group = group_name(preset, o.get("budget", LSOConfig.budget), o.get("optimizer", "gp-ei"))
+    return Path(workdir) / task_name / group / setting_name(o.get("k", 1e-3), o.get("retrain_every"))
+
+
 def parse_retrain(value: str) -> int | None:
     return None if value.lower() in ("none", "never", "inf") else int(value)
 
@@ -38,10 +64,8 @@ def run_setting(task_name: str, preset: str, overrides: dict, seeds, workdir: Pa
                 *, progress: bool = True, task_cache: dict | None = None) -> list[dict]:
     """Run one setting over seeds; returns the per-seed summaries."""
     entry = registry.get(task_name)
-    if preset not in entry.presets:
-        raise SystemExit(f"task {task_name!r} has presets {sorted(entry.presets)}, not {preset!r}")
-    options = {**entry.presets[preset], **overrides}
-    options.pop("seeds", None)
+    options = resolve_options(task_name, preset, overrides)
+    base = setting_dir(workdir, task_name, preset, overrides)
     optimizer_opts = {k: options.pop(k) for k in ("optimizer", "bo") if k in options}
     if optimizer_opts.get("optimizer") == "constrained-ei" and entry.constraint is not None:
         optimizer_opts["constraint"] = entry.constraint(**{
@@ -61,7 +85,7 @@ def run_setting(task_name: str, preset: str, overrides: dict, seeds, workdir: Pa
             )
         task = task_cache[cache_key]
         optimizer = registry.make_optimizer(task, **optimizer_opts)
-        out = workdir / task_name / name / f"seed{seed}"
+        out = base / f"seed{seed}"
         t0 = time.time()
         result = run(jax.random.key(int(seed)), task, config, optimizer=optimizer, workdir=out,
                      progress=progress)  # fmt: skip
@@ -94,20 +118,55 @@ def format_table(summaries: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def preset_names() -> list[str]:
+    """Every task's preset names (the ``--preset`` choices; a task may lack some)."""
+    return sorted({p for e in registry.REGISTRY.values() for p in e.presets})
+
+
+def preset_help() -> str:
+    return "presets per task: " + "; ".join(
+        f"{t}: {', '.join(e.presets)}" for t, e in sorted(registry.REGISTRY.items()))
+
+
+def check_preset(ap: argparse.ArgumentParser, task: str, preset: str) -> dict:
+    """The preset's options, or a usage error (exit 2) if the task has no such preset."""
+    presets = registry.REGISTRY[task].presets
+    if preset not in presets:
+        ap.error(f"task {task!r} has no preset {preset!r}; choose from {', '.join(presets)}")
+    return presets[preset]
+
+
+def positive_int(value: str) -> int:
+    v = int(value)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return v
+
+
+def user_errors():
+    """The exceptions that mean a user's mistake (bad setting, workdir of another run, a
+    workdir in use, a damaged run needing a decision): shown as a usage line, exit 2."""
+    from wrjax.loop.run import RunError
+
+    return (ValueError, RunError)
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=preset_help())  # fmt: skip
     ap.add_argument("task", choices=sorted(registry.REGISTRY))
-    ap.add_argument("--preset", default="smoke")
+    ap.add_argument("--preset", default="smoke", choices=preset_names())
     ap.add_argument("--k", type=float, help="rank-weighting k (inf = no weighting)")
     ap.add_argument("--retrain-every", type=parse_retrain, default=argparse.SUPPRESS,
                     help="evaluations between retrains, or 'none'")
-    ap.add_argument("--budget", type=int)
+    ap.add_argument("--budget", type=positive_int)
     ap.add_argument("--optimizer", choices=registry.OPTIMIZERS)
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--workdir", type=Path, default=Path("runs"))
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
+    preset = check_preset(ap, args.task, args.preset)
 
     overrides = {}
     if args.k is not None:
@@ -118,10 +177,12 @@ def main(argv=None):
         overrides["budget"] = args.budget
     if args.optimizer is not None:
         overrides["optimizer"] = args.optimizer
-    preset = registry.get(args.task).presets.get(args.preset, {})
     seeds = args.seeds if args.seeds is not None else preset.get("seeds", [0])
-    summaries = run_setting(args.task, args.preset, overrides, seeds, args.workdir,
-                            progress=not args.no_progress)
+    try:
+        summaries = run_setting(args.task, args.preset, overrides, seeds, args.workdir,
+                                progress=not args.no_progress)  # fmt: skip
+    except user_errors() as e:
+        ap.error(str(e).splitlines()[0] if str(e) else type(e).__name__)
     print()
     print(format_table(summaries))
     for s in summaries:

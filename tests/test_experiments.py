@@ -19,7 +19,7 @@ def test_run_cli_writes_records_summary_and_plot(workdir, capsys):
                   "--workdir", str(workdir), "--no-progress"])  # fmt: skip
     out = capsys.readouterr().out
     assert "| k1e-3_r2 | 2 |" in out
-    setting = workdir / "toy" / "k1e-3_r2"
+    setting = workdir / "toy" / "smoke-b4-grid" / "k1e-3_r2"
     for seed in (0, 1):
         records = [json.loads(line) for line in (setting / f"seed{seed}" / "records.jsonl").read_text().splitlines()]
         assert sum(r["eval"] is not None for r in records) == 4
@@ -35,15 +35,16 @@ def test_run_cli_writes_records_summary_and_plot(workdir, capsys):
 def test_ablation_runs_the_four_settings(workdir):
     ablation.main(["toy", "--preset", "smoke", "--budget", "3", "--retrain-every", "2",
                    "--workdir", str(workdir / "abl"), "--no-progress"])  # fmt: skip
-    table = (workdir / "abl" / "toy" / "ablation.md").read_text()
+    group = workdir / "abl" / "toy" / "smoke-b3-grid"
+    table = (group / "ablation.md").read_text()
     for name in ("kinf_rnever", "kinf_r2", "k1e-3_rnever", "k1e-3_r2"):
         assert f"| {name} | 1 |" in table
-    assert (workdir / "abl" / "toy" / "ablation_topk.png").stat().st_size > 1000
+    assert (group / "ablation_topk.png").stat().st_size > 1000
     # --report-only rebuilds the same table from the summaries on disk, running nothing.
-    (workdir / "abl" / "toy" / "ablation.md").unlink()
-    ablation.main(["toy", "--preset", "smoke", "--retrain-every", "2", "--workdir", str(workdir / "abl"),
-                   "--report-only"])  # fmt: skip
-    rebuilt = (workdir / "abl" / "toy" / "ablation.md").read_text()
+    (group / "ablation.md").unlink()
+    ablation.main(["toy", "--preset", "smoke", "--budget", "3", "--retrain-every", "2",
+                   "--workdir", str(workdir / "abl"), "--report-only"])  # fmt: skip
+    rebuilt = (group / "ablation.md").read_text()
     strip = lambda t: [line.rsplit("|", 2)[0] for line in t.splitlines()]  # noqa: E731 (times differ)
     assert strip(rebuilt) == strip(table)
 
