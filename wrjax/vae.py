@@ -25,8 +25,10 @@ from typing import Any, Callable, Literal, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from wrjax._checks import check_int, check_weights
 from wrjax.resampling import weighted_batches
 from wrjax.typing import PyTree
 
@@ -266,10 +268,28 @@ def beta_schedule(
     return fn
 
 
+def fit(key, state, step_fn, data, weights, *, num_steps, batch_size, mode="epoch", mask=None,
+        batch_sharding=None):
+    """Run ``num_steps`` weighted training steps in one ``lax.scan`` (one compiled program).
+
+    Checks its concrete inputs first (``ValueError``): ``weights`` has one entry per row of
+    ``data``, finite, ``>= 0``, not all zero on valid rows. Then :func:`fit_unchecked`, which
+    documents the arguments.
+    """
+    rows = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(data)}
+    if len(rows) != 1 or None in rows:
+        raise ValueError(f"data leaves must share one leading axis, got sizes {sorted(map(str, rows))}")
+    check_weights(weights, rows.pop(), mask)
+    check_int("num_steps", num_steps, minimum=0)
+    check_int("batch_size", batch_size, minimum=1)
+    return fit_unchecked(key, state, step_fn, data, weights, num_steps=num_steps, batch_size=batch_size,
+                         mode=mode, mask=mask, batch_sharding=batch_sharding)  # fmt: skip
+
+
 @functools.partial(
     jax.jit, static_argnames=("step_fn", "num_steps", "batch_size", "mode", "batch_sharding")
 )
-def fit(
+def fit_unchecked(
     key: jax.Array,
     state: TrainState,
     step_fn: Callable,

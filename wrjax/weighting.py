@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wrjax._checks import check_masked_scores, check_positive
+from wrjax._checks import check_k, check_masked_scores, check_positive
+from wrjax.precision import is_tracer
 from wrjax.typing import ArrayLike, Bool, Float, KSchedule, WeightFn
 
 __all__ = [
@@ -47,13 +48,20 @@ _F32 = jnp.float32
 def _prepare(scores: ArrayLike, mask: ArrayLike | None) -> tuple[jax.Array, jax.Array]:
     """Validate (when concrete) and convert ``scores``/``mask`` to float32 / bool arrays."""
     check_masked_scores(scores, mask)
+    if not is_tracer(scores):
+        # On the host, so that int64 (or uint64) scores are not wrapped to int32 first.
+        scores = np.asarray(np.asarray(scores), np.float64).astype(np.float32)
     scores = jnp.asarray(scores).astype(_F32)
     mask = jnp.ones(scores.shape, bool) if mask is None else jnp.asarray(mask, bool)
     return scores, mask
 
 
 def _check_positive(name: str, value) -> None:
-    check_positive(name, value, hint=f" (use {name}=inf for uniform weights)")
+    hint = f" (use {name}=inf for uniform weights)"
+    if name.startswith("k"):
+        check_k(name, value, hint=hint)
+    else:
+        check_positive(name, value, hint=hint)
 
 
 def _normalise(raw: jax.Array, mask: jax.Array) -> jax.Array:
@@ -79,8 +87,13 @@ def _rank_weights(scores: jax.Array, mask: jax.Array, k: jax.Array) -> jax.Array
     raw = 1.0 / (k * n_valid + ranks.astype(_F32))
     # k = inf is uniform weighting; 1/(inf) would be 0 for every point and 0/0 after
     # normalisation, so it is selected explicitly.
-    raw = jnp.where(jnp.isinf(k), 1.0, raw)
-    return _normalise(raw, mask)
+    # A k N beyond 1e30 is uniform to float32 precision; selected explicitly so that raw
+    # weights that underflow (k N near float32's max) do not give 0/0.
+    raw = jnp.where(jnp.isinf(k) | (k * n_valid > 1e30), 1.0, raw)
+    # Under jit nothing is checked: a non-finite valid score makes every weight NaN (it
+    # would otherwise sort as the best point and take nearly all the weight).
+    bad = jnp.any(mask & ~jnp.isfinite(scores))
+    return jnp.where(bad, jnp.nan, _normalise(raw, mask))
 
 
 def rank_weights(
@@ -295,10 +308,7 @@ def k_values(k: float | KSchedule, num_cycles: int) -> tuple[float, ...]:
     >>> [round(k, 6) for k in k_values(geometric_k(1.0, 1e-2, 2), 3)]
     [1.0, 0.1, 0.01]
     """
-    if callable(k):
-        values = tuple(float(k(c)) for c in range(num_cycles))
-    else:
-        values = (float(k),) * num_cycles
-    for c, v in enumerate(values):
+    raw = [k(c) for c in range(num_cycles)] if callable(k) else [k] * num_cycles
+    for c, v in enumerate(raw):  # checked before float(): "1e-3" and True are not a k
         _check_positive("k" if not callable(k) else f"k (schedule, cycle {c})", v)
-    return values
+    return tuple(float(np.asarray(v)) for v in raw)
