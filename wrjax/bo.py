@@ -37,6 +37,7 @@ import optax
 
 from wrjax import acquisition as acq
 from wrjax import gp
+from wrjax import gp_update
 from wrjax._checks import check_choice, check_masked_scores, check_unit
 from wrjax.loop.optimizers import Optimizer, Proposal
 from wrjax.precision import float64_scope
@@ -44,7 +45,7 @@ from wrjax.typing import ArrayLike
 
 __all__ = [
     "GPFitConfig", "AcquisitionConfig", "BOConfig", "BOState", "BOInfo", "select_subset",
-    "make_gp_ei", "bo_suggest", "GPFit", "fit_sparse_gp", "log_ei_at",
+    "make_gp_ei", "bo_suggest", "GPFit", "fit_sparse_gp", "log_ei_at", "IncrementalBOState",
 ]  # fmt: skip
 
 _F64 = jnp.float64
@@ -87,6 +88,23 @@ class GPFitConfig:
         changes by less than 5e-4 per 100 steps).
       kernel_learning_rate, learning_rate: Adam rates of the two phases (0.1, 0.03).
       jitter: base Kzz jitter relative to the signal variance (grown on failure).
+      refit: the schedule of :func:`make_gp_ei` within a retrain cycle. ``"every-query"``
+        (default, the authors'): a warm refit of ``warm_steps`` before every query.
+        ``"incremental"``: the points observed since the last query enter the cached
+        posterior by rank-one updates (:mod:`wrjax.gp_update`, ``O(M^2)`` each, kernel,
+        inducing points and target scaling fixed) and a warm *converged* refit
+        (:func:`wrjax.gp.fit_converged`, at most ``refit_max_steps``, ``refit_tol`` nats per
+        point) on the cycle's subset runs only when :func:`wrjax.gp_update.should_refit` says
+        so (or at the cycle start, cold). :func:`bo_suggest` and :func:`fit_sparse_gp`
+        always fit.
+      refit_every: incremental: refit once this many points were added since the last fit
+        (0 = no count rule).
+      refit_max_bound_drop, refit_max_uncovered, refit_max_mean_sq_zscore: incremental:
+        the staleness thresholds of :func:`wrjax.gp_update.should_refit` (None = off).
+        Defaults from the ``schedule`` notes in ``benchmarks/RESULTS.md``.
+      incremental_window: incremental: most new rows absorbed per query (a static window;
+        more new rows than this, or than ``n_include``, force a refit instead).
+      refit_max_steps, refit_tol: incremental: the converged refit's cap and tolerance.
     """
 
     num_inducing: int = 500
@@ -101,12 +119,23 @@ class GPFitConfig:
     kernel_learning_rate: float = 0.1
     learning_rate: float = 0.03
     jitter: float = 1e-6
+    refit: str = "every-query"
+    refit_every: int = 10
+    refit_max_bound_drop: float | None = 0.05
+    refit_max_uncovered: float | None = 0.3
+    refit_max_mean_sq_zscore: float | None = 4.0
+    incremental_window: int = 8
+    refit_max_steps: int = 100
+    refit_tol: float = 1e-5
 
     def __post_init__(self):
         owner = type(self).__name__
-        _check_counts(owner, self, positive=("num_inducing",), nonneg=(
-            "n_best", "n_random", "n_include", "kmeans_iters", "cold_kernel_steps", "cold_steps",
-            "warm_steps"))  # fmt: skip
+        _check_counts(owner, self, positive=("num_inducing", "incremental_window", "refit_max_steps"),
+                      nonneg=("n_best", "n_random", "n_include", "kmeans_iters", "cold_kernel_steps",
+                              "cold_steps", "warm_steps", "refit_every"))  # fmt: skip
+        check_choice(f"{owner}.refit", self.refit, ("every-query", "incremental"))
+        if not self.refit_tol >= 0:
+            raise ValueError(f"{owner}.refit_tol must be >= 0")
         if self.n_best + self.n_random + self.n_include <= 0:
             raise ValueError(f"{owner}: n_best + n_random + n_include must be > 0")
         check_choice(f"{owner}.fit_method", self.fit_method, ("adam", "lbfgs"))
@@ -182,6 +211,8 @@ class AcquisitionConfig:
 
 
 _FIT_NAMES = tuple(f.name for f in dataclasses.fields(GPFitConfig))
+_INCREMENTAL_NAMES = ("refit", "refit_every", "refit_max_bound_drop", "refit_max_uncovered",
+                      "refit_max_mean_sq_zscore", "incremental_window", "refit_max_steps", "refit_tol")
 _ACQ_NAMES = tuple(f.name for f in dataclasses.fields(AcquisitionConfig))
 
 
@@ -227,6 +258,8 @@ class BOInfo(NamedTuple):
     fit_seconds: float  # subset + fit + predictor (wall clock, compiled after the first call)
     acquisition_seconds: float  # acquisition maximisation
     total_seconds: float
+    refitted: bool = True  # whether this query fitted the GP (False: incremental update only)
+    fit_steps: int = 0  # optimiser iterations of this query's fit (0 when not refitted)
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,8 +390,9 @@ class _FitOut(NamedTuple):
     num_data: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("config", "cold"))
-def _fit_program(key, subset_key, z, y, mask, include, state_params, state_opt, *, config: GPFitConfig, cold):
+@functools.partial(jax.jit, static_argnames=("config", "cold", "converged"))
+def _fit_program(key, subset_key, z, y, mask, include, state_params, state_opt, *, config: GPFitConfig,
+                 cold, converged=False):
     sub = _select_subset(
         subset_key,
         y,
@@ -390,7 +424,8 @@ def _fit_program(key, subset_key, z, y, mask, include, state_params, state_opt, 
             params, opt.init(params), data,
             optimizer=opt, num_steps=config.cold_steps, jitter=config.jitter,
         )  # fmt: skip
-        info = info._replace(loss=jnp.concatenate(losses + [info.loss]))
+        loss = jnp.concatenate(losses + [info.loss])
+        info = info._replace(loss=loss, num_steps=jnp.asarray(loss.shape[0], jnp.int32))
     else:
         opt = gp.make_optimizer(config.learning_rate, method=method)
         fresh = opt.init(state_params)
@@ -398,11 +433,20 @@ def _fit_program(key, subset_key, z, y, mask, include, state_params, state_opt, 
         # the state came from another optimiser
         same = jax.tree.structure(state_opt) == jax.tree.structure(fresh)
         opt_state = state_opt if (method == "adam" and same) else fresh
-        params, opt_state, info = gp.fit(
-            state_params, opt_state, data,
-            optimizer=opt, num_steps=config.warm_steps, jitter=config.jitter,
-        )  # fmt: skip
-    pred = gp.build_predictor(params, data, jitter=config.jitter)
+        if converged:  # the incremental schedule's rare refits: to convergence, capped
+            params, opt_state, info = gp.fit_converged(
+                state_params, opt_state, data, optimizer=opt, max_steps=config.refit_max_steps,
+                tol=config.refit_tol, window=1 if method == "lbfgs" else 20, jitter=config.jitter,
+            )  # fmt: skip
+        else:
+            params, opt_state, info = gp.fit(
+                state_params, opt_state, data,
+                optimizer=opt, num_steps=config.warm_steps, jitter=config.jitter,
+            )  # fmt: skip
+    # the incremental schedule builds rarely and then updates the factors: the "solve" form
+    # (25% slower) keeps its rounding at 1e-13 where "product" carries cond(Kzz) * eps
+    form = "solve" if config.refit == "incremental" else "product"
+    pred = gp.build_predictor(params, data, jitter=config.jitter, form=form)
     return _FitOut(params, opt_state, info, pred, data, jnp.sum(data.mask))
 
 
@@ -506,7 +550,7 @@ def _as_key(key):
     return key
 
 
-def _fit(k_subset, k_init, z, y, mask, *, fit: GPFitConfig, state, cold, include):
+def _fit(k_subset, k_init, z, y, mask, *, fit: GPFitConfig, state, cold, include, converged=False):
     """The fit program on host inputs: ``(_FitOut, new BOState)`` (inside float64)."""
     c = np.shape(z)[0]
     include = jnp.zeros((c,), bool) if include is None else jnp.asarray(include, bool)
@@ -518,7 +562,7 @@ def _fit(k_subset, k_init, z, y, mask, *, fit: GPFitConfig, state, cold, include
         s_opt = jax.tree.map(jnp.asarray, state.opt_state)
     out = _fit_program(
         k_init, subset_key, jnp.asarray(z, _F64), jnp.asarray(y, _F64), jnp.asarray(mask, bool),
-        include, s_params, s_opt, config=fit, cold=cold,
+        include, s_params, s_opt, config=fit, cold=cold, **({"converged": True} if converged else {}),
     )  # fmt: skip
     jax.block_until_ready(out)
     new_state = BOState(_np_tree(out.params), _np_tree(out.opt_state),
@@ -573,12 +617,13 @@ def _suggest(key, z, y, mask, *, fit: GPFitConfig, acquisition: AcquisitionConfi
     jax.block_until_ready(res)
     t2 = time.perf_counter()
     pts, vals = _ranked_candidates(res, acquisition)
+    steps = int(out.info.num_steps) if out.info.num_steps is not None else len(out.info.loss)
     info = BOInfo(
         cold=cold, elbo=float(out.info.elbo), loss=np.asarray(out.info.loss),
         jitter=float(max(out.info.jitter, out.pred.jitter)), skipped_steps=int(out.info.skipped),
         num_data=int(out.num_data), incumbent=float(res.tau), acquisition_values=vals,
         bounds=np.asarray(res.bounds), fit_seconds=t1 - t0, acquisition_seconds=t2 - t1,
-        total_seconds=time.perf_counter() - t0,
+        total_seconds=time.perf_counter() - t0, refitted=True, fit_steps=steps,
     )  # fmt: skip
     return pts.astype(np.float32), new_state, info
 
@@ -595,13 +640,142 @@ def _ranked_candidates(res: _AcqOut, config: AcquisitionConfig) -> tuple[np.ndar
     return np.concatenate([batch, pts[rest]]), np.concatenate([np.asarray(res.batch_values), vals[rest]])
 
 
+# --------------------------------------------------------------------------------------------
+# The incremental schedule: rank-one updates between (rare) refits
+# --------------------------------------------------------------------------------------------
+
+
+class IncrementalBOState(NamedTuple):
+    """The state of :func:`make_gp_ei` with ``GPFitConfig(refit="incremental")`` (NumPy leaves).
+
+    The first three fields are :class:`BOState`'s (the last fit's, for the next warm refit).
+    """
+
+    params: gp.SGPRParams  # raw GP parameters of the last fit
+    opt_state: optax.OptState  # its optimiser state
+    subset_key: np.ndarray  # (2,) uint32 raw key of the cycle's random subset
+    inc: gp_update.IncrementalSGPR  # the posterior of the last fit's data plus the points added since
+    data: gp.SGPRData  # (S + n_include) rows: the fit's subset, then the added points (same scaling)
+    absorbed: np.ndarray  # (C + P,) bool rows valid at the last fit or added since
+    seen_z: np.ndarray  # (C + P, D) the rows' latents then (a changed row is new: the pseudo
+    seen_y: np.ndarray  # (C + P,)   rows are a ring that the loop overwrites), and scores
+
+
+def _refit_rules(config: GPFitConfig) -> dict:
+    rules = {"every": config.refit_every or None, "max_bound_drop": config.refit_max_bound_drop,
+             "max_uncovered": config.refit_max_uncovered,
+             "max_mean_sq_zscore": config.refit_max_mean_sq_zscore}  # fmt: skip
+    return {k: v for k, v in rules.items() if v is not None}
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _absorb_program(z, y, mask, inc, data, absorbed, seen_z, seen_y, *, config: GPFitConfig):
+    """Condition on the rows valid now but not at the last fit, or changed since (at most
+    ``incremental_window`` of them, lowest slots first, in a fixed window): ``(inc, data,
+    absorbed, seen_z, seen_y, staleness, refit, overflow)``; ``refit`` is the schedule's verdict, ``overflow`` that some new rows
+    did not fit the window or the data's spare slots (then the caller must refit)."""
+    rows = y.shape[0]
+    cap = config.n_include
+    s = data.x.shape[0] - cap
+    new = mask & (~absorbed | jnp.any(z != seen_z, axis=1) | (y != seen_y))
+    slot = jnp.arange(rows)
+    k = min(config.incremental_window, rows)
+    vals, idx = jax.lax.top_k(jnp.where(new, (rows - slot).astype(_F64), 0.0), k)
+    take = vals > 0
+    n_new = jnp.sum(new.astype(jnp.int32))
+    overflow = (n_new > k) | (inc.num_added + n_new > cap)
+    x_new = z[idx].astype(_F64)
+    y_new = y[idx].astype(_F64)
+    inc2 = gp_update.condition_on_batch(inc, x_new, y_new, take)
+    pos = s + inc.num_added + jnp.cumsum(take.astype(jnp.int32)) - 1
+    pos = jnp.where(take, pos, data.x.shape[0])  # out of range: dropped
+    ys = (y_new - inc.pred.y_mean) / inc.pred.y_std
+    data2 = data._replace(
+        x=data.x.at[pos].set(x_new, mode="drop"), y=data.y.at[pos].set(ys, mode="drop"),
+        mask=data.mask.at[pos].set(True, mode="drop"),
+    )  # fmt: skip
+    absorbed2 = absorbed.at[idx].set(absorbed[idx] | take)
+    seen_z = seen_z.at[idx].set(jnp.where(take[:, None], z[idx], seen_z[idx]))
+    seen_y = seen_y.at[idx].set(jnp.where(take, y[idx], seen_y[idx]))
+    info = gp_update.staleness(inc2)
+    rules = _refit_rules(config)
+    stale = gp_update.should_refit(info, **rules) if rules else jnp.zeros((), bool)
+    return inc2, data2, absorbed2, seen_z, seen_y, info, stale | overflow, overflow
+
+
+@functools.partial(jax.jit, static_argnames=("spare",))
+def _init_program(pred, data, *, spare: int):
+    """The incremental state of a fresh fit, and its data with ``spare`` empty rows appended."""
+    inc = gp_update.init_incremental(pred, data)
+    d = data.x.shape[1]
+    ext = data._replace(
+        x=jnp.concatenate([data.x, jnp.zeros((spare, d), data.x.dtype)]),
+        y=jnp.concatenate([data.y, jnp.zeros((spare,), data.y.dtype)]),
+        mask=jnp.concatenate([data.mask, jnp.zeros((spare,), bool)]),
+    )  # fmt: skip
+    return inc, ext
+
+
+def _to_device(tree):
+    return jax.tree.map(jnp.asarray, tree)
+
+
+@float64_scope
+def _suggest_incremental(key, z, y, mask, *, fit: GPFitConfig, acquisition: AcquisitionConfig,
+                         state: IncrementalBOState | None, cold: bool, include):
+    """One query of the incremental schedule: absorb the new rows, refit if the schedule says
+    so (cold at a cycle start), maximise the acquisition on the updated posterior."""
+    t0 = time.perf_counter()
+    k_subset, k_init, k_acq = jax.random.split(_as_key(key), 3)
+    z, y, mask = jnp.asarray(z, _F64), jnp.asarray(y, _F64), jnp.asarray(mask, bool)
+    refit = cold
+    if not cold:
+        inc, data, absorbed, seen_z, seen_y, _, verdict, _ = _absorb_program(
+            z, y, mask, _to_device(state.inc), _to_device(state.data), jnp.asarray(state.absorbed),
+            jnp.asarray(state.seen_z), jnp.asarray(state.seen_y), config=fit,
+        )  # fmt: skip
+        refit = bool(verdict)
+    if refit:
+        warm = None if cold else BOState(state.params, state.opt_state, state.subset_key)
+        out, bstate = _fit(k_subset, k_init, z, y, mask, fit=fit, state=warm, cold=cold,
+                           include=include, converged=not cold)  # fmt: skip
+        inc, data = _init_program(out.pred, out.data, spare=fit.n_include)
+        absorbed, seen_z, seen_y = mask, z, y
+        elbo, loss = float(out.info.elbo), np.asarray(out.info.loss)
+        steps = int(out.info.num_steps) if out.info.num_steps is not None else len(loss)
+        jitter = float(max(out.info.jitter, out.pred.jitter))
+        skipped = int(out.info.skipped)
+    else:
+        bstate = BOState(state.params, state.opt_state, state.subset_key)
+        elbo, loss, steps = float(gp_update.incremental_elbo(inc)), np.zeros((0,)), 0
+        jitter, skipped = float(inc.pred.jitter), 0
+    jax.block_until_ready((inc, data))
+    t1 = time.perf_counter()
+    res = _acq_program(k_acq, inc.pred, data, config=acquisition)
+    jax.block_until_ready(res)
+    t2 = time.perf_counter()
+    pts, vals = _ranked_candidates(res, acquisition)
+    new_state = IncrementalBOState(bstate.params, bstate.opt_state, bstate.subset_key,
+                                   _np_tree(inc), _np_tree(data), np.asarray(absorbed),
+                                   np.asarray(seen_z), np.asarray(seen_y))  # fmt: skip
+    info = BOInfo(
+        cold=cold, elbo=elbo, loss=loss, jitter=jitter, skipped_steps=skipped,
+        num_data=int(inc.num_data), incumbent=float(res.tau), acquisition_values=vals,
+        bounds=np.asarray(res.bounds), fit_seconds=t1 - t0, acquisition_seconds=t2 - t1,
+        total_seconds=time.perf_counter() - t0, refitted=refit, fit_steps=steps,
+    )  # fmt: skip
+    return pts.astype(np.float32), new_state, info
+
+
 def make_gp_ei(fit: GPFitConfig = GPFitConfig(),
                acquisition: AcquisitionConfig = AcquisitionConfig()) -> Optimizer:
     """Sparse-GP expected improvement (appendix C.2) as an optimiser for :func:`wrjax.run`.
 
     The GP is fitted cold (k-means inducing points, a new random subset) at the start of
     each cycle, when the latents have been re-encoded, and refitted warm after every query
-    within the cycle; the cycle's queries (and re-proposed known points) are forced into the
+    within the cycle (``fit.refit="every-query"``, default), or (``"incremental"``) the new
+    points enter the cached posterior by rank-one updates and a warm converged refit runs
+    only when the staleness rules of ``fit`` fire (state: :class:`IncrementalBOState`); the cycle's queries (and re-proposed known points) are forced into the
     GP data, with ``n_include`` raised to the loop's static bound so that the programs never
     change during a run. Inputs are not re-checked per query: the loop's buffer holds only
     finite scores.
@@ -617,8 +791,10 @@ def make_gp_ei(fit: GPFitConfig = GPFitConfig(),
     def init(ctx):
         return None  # no state: the first query of a cycle fits cold
 
+    suggest = _suggest_incremental if fit.refit == "incremental" else _suggest
+
     def propose(key, state, ctx):
-        cands, new_state, info = _suggest(
+        cands, new_state, info = suggest(
             key, ctx.z, ctx.y, ctx.mask, fit=fit_for(ctx.include_capacity),
             acquisition=acquisition, state=state, cold=state is None or bool(ctx.cycle_start),
             include=ctx.in_cycle,
@@ -627,10 +803,14 @@ def make_gp_ei(fit: GPFitConfig = GPFitConfig(),
             "elbo": info.elbo, "jitter": info.jitter,
             "acq_best": float(info.acquisition_values[0]) if len(info.acquisition_values) else None,
             "fit_seconds": info.fit_seconds, "acq_seconds": info.acquisition_seconds,
+            "refitted": info.refitted, "fit_steps": info.fit_steps,
         }  # fmt: skip
         return Proposal(cands, None, stats), new_state
 
-    config = {"fit": dataclasses.asdict(fit), "acquisition": dataclasses.asdict(acquisition)}
+    fit_json = dataclasses.asdict(fit)
+    if fit.refit == "every-query":  # unused then: keeps the config.json of such runs as it was
+        fit_json = {k: v for k, v in fit_json.items() if k not in _INCREMENTAL_NAMES}
+    config = {"fit": fit_json, "acquisition": dataclasses.asdict(acquisition)}
     return Optimizer(init, propose, "gp-ei", config)
 
 

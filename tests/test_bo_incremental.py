@@ -1,0 +1,177 @@
+"""The incremental refit schedule of wrjax.bo.make_gp_ei (``GPFitConfig(refit="incremental")``).
+
+A simulated retrain cycle (a buffer that grows by the top candidate of each query) checks:
+the optimiser's posterior after k queries equals a from-scratch predictor on the same data
+and hyperparameters (1e-8, float64), the data it holds are the cycle's subset plus the new
+points, refits trigger as configured (cycle start, every r, staleness, window overflow),
+nothing recompiles from one query or cycle to the next, and a toy loop resumes exactly.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wrjax import bo, gp
+from wrjax import loop as lso
+from wrjax.loop import LSOConfig, ProposeContext
+from wrjax.precision import float64_scope
+from wrjax.tasks.toy import make_toy_task
+
+from test_bo import _objective, _TraceEvents
+
+C, D, N0, CAP = 150, 2, 110, 6
+NEVER = dict(refit="incremental", refit_every=0, refit_max_bound_drop=None, refit_max_uncovered=None,
+             refit_max_mean_sq_zscore=None)  # fmt: skip
+FIT = bo.GPFitConfig(num_inducing=10, n_best=30, n_random=60, kmeans_iters=3, cold_kernel_steps=20,
+                     cold_steps=20, warm_steps=5, refit_max_steps=30, **NEVER)  # fmt: skip
+ACQ = bo.AcquisitionConfig(num_restarts=4, num_random_starts=2, ascent_steps=30)
+
+
+def _buffer(seed=1):
+    rng = np.random.default_rng(seed)
+    z = rng.uniform(-2, 2, size=(C, D)).astype(np.float32)
+    y = _objective(z).astype(np.float32)
+    mask = np.arange(C) < N0
+    z[~mask], y[~mask] = 0.0, 0.0
+    return z, y, mask
+
+
+def _ctx(z, y, mask, in_cycle, cycle_start):
+    return ProposeContext(jnp.asarray(z), jnp.asarray(y), jnp.asarray(mask), jnp.asarray(in_cycle),
+                          None, None, 0, cycle_start, 1, CAP)  # fmt: skip
+
+
+def _cycle(opt, n, *, seed=1, cycle_starts=(0,), extra=None):
+    """``n`` queries; after each the top candidate joins the buffer (``extra[i]`` more rows
+    after query i: random points). Returns the states, the stats, and the buffer."""
+    z, y, mask = _buffer(seed)
+    in_cycle = np.zeros(C, bool)
+    state, states, stats = None, [], []
+    row = N0
+    rng = np.random.default_rng(seed + 100)
+    for i in range(n):
+        if i in cycle_starts:
+            in_cycle[:] = False
+        ctx = _ctx(z, y, mask, in_cycle, i in cycle_starts)
+        prop, state = opt.propose(jax.random.key(10 * seed + i), state, ctx)
+        states.append(state)
+        stats.append(prop.info)
+        adds = [prop.z[0]] + [rng.uniform(-2, 2, D).astype(np.float32) for _ in range((extra or {}).get(i, 0))]
+        for p in adds:
+            z[row], y[row], mask[row], in_cycle[row] = p, _objective(p[None])[0], True, True
+            row += 1
+    return states, stats, (z, y, mask)
+
+
+@pytest.fixture(scope="module")
+def never():
+    """No refit within the cycle; query 4 adds 2 extra rows to a window of 1 (overflow)."""
+    fit = dataclasses.replace(FIT, incremental_window=1)
+    return _cycle(bo.make_gp_ei(fit, ACQ), 6, extra={3: 2})
+
+
+def test_posterior_after_k_queries_equals_a_from_scratch_predictor(never):
+    states, stats, (z, y, mask) = never
+    k = 3
+    state = states[k]  # cold fit at query 0, then k queries that only absorbed points
+    assert [s["refitted"] for s in stats[: k + 1]] == [True] + [False] * k
+    assert isinstance(state, bo.IncrementalBOState)
+    # the data: the cold fit's subset of the initial buffer, then the k new rows, in order,
+    # standardised with the cold fit's scaling
+    cap = max(FIT.n_include, CAP)
+    sub = bo.select_subset(jax.random.wrap_key_data(jnp.asarray(state.subset_key)), y * (np.arange(C) < N0),
+                           np.arange(C) < N0, n_best=FIT.n_best, n_random=FIT.n_random,
+                           include=np.zeros(C, bool), n_include=cap)  # fmt: skip
+    idx = np.asarray(sub.index)[np.asarray(sub.mask)]
+    base = float64_scope(gp.make_data)(z[idx], y[idx], np.ones(len(idx), bool))
+    s = len(np.asarray(sub.index))
+    data = state.data
+    assert data.x.shape == (s + cap, D)
+    assert data.mask[:s].sum() == len(idx) and data.mask[s : s + k].all() and not data.mask[s + k :].any()
+    np.testing.assert_array_equal(data.x[s : s + k], z[N0 : N0 + k].astype(np.float64))
+    np.testing.assert_allclose(data.y[s : s + k], (y[N0 : N0 + k].astype(np.float64) - float(base.y_mean)) / float(base.y_std),
+                               rtol=1e-12)
+    np.testing.assert_allclose([data.y_mean, data.y_std], [base.y_mean, base.y_std], rtol=1e-12)
+    assert int(state.inc.num_data) == len(idx) + k
+
+    @float64_scope
+    def compare():
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), state.params)
+        ref = gp.build_predictor(params, jax.tree.map(jnp.asarray, data), jitter=FIT.jitter, form="solve")
+        inc = jax.tree.map(jnp.asarray, state.inc.pred)
+        xt = jax.random.uniform(jax.random.key(7), (64, D), jnp.float64, -2.5, 2.5)
+        xt = jnp.concatenate([xt, jnp.asarray(z[N0 : N0 + k], jnp.float64)])
+        (m1, v1), (m2, v2) = gp.predict(inc, xt), gp.predict(ref, xt)
+        return [np.asarray(a) for a in (m1, v1, m2, v2)]
+
+    m1, v1, m2, v2 = compare()
+    np.testing.assert_allclose(m1, m2, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(v1, v2, rtol=1e-8, atol=1e-8)
+
+
+def test_overflowing_the_window_refits_and_never_means_cycle_start_only(never):
+    _, stats, _ = never
+    # query 4 sees 3 new rows with a window of 1: refit (warm, converged); 5 absorbs again
+    assert [s["refitted"] for s in stats] == [True, False, False, False, True, False]
+    assert 0 < stats[4]["fit_steps"] <= FIT.refit_max_steps and stats[1]["fit_steps"] == 0
+    assert stats[0]["fit_steps"] == FIT.cold_kernel_steps + FIT.cold_steps
+
+
+def test_refit_every_r_and_cycle_start_without_recompilation():
+    opt = bo.make_gp_ei(dataclasses.replace(FIT, refit_every=2), ACQ)
+    _, stats, _ = _cycle(opt, 5)  # compiles: cold, absorb, warm refit, acquisition
+    assert [s["refitted"] for s in stats] == [True, False, True, False, True]
+    with _TraceEvents() as counter:
+        _, stats2, _ = _cycle(opt, 5, seed=2, cycle_starts=(0, 3))
+    assert counter.count == 0
+    # a cycle start refits (cold) whatever the count says
+    assert [s["refitted"] for s in stats2] == [True, False, True, True, False]
+    assert all(np.isfinite(s["elbo"]) for s in stats + stats2)
+
+
+def test_staleness_rule_triggers_refits():
+    # mean z^2 > 0: any added point is "stale"; the bound and coverage rules off
+    opt = bo.make_gp_ei(dataclasses.replace(FIT, refit_max_mean_sq_zscore=0.0), ACQ)
+    _, stats, _ = _cycle(opt, 3)
+    assert [s["refitted"] for s in stats] == [True, True, True]
+
+
+def test_default_schedule_is_every_query():
+    assert bo.GPFitConfig().refit == "every-query"
+    with pytest.raises(ValueError, match="refit"):
+        bo.GPFitConfig(refit="sometimes")
+    # the default's config.json is unchanged (old run directories resume); the schedule's is full
+    assert "refit" not in bo.make_gp_ei().config["fit"]
+    assert bo.make_gp_ei(FIT).config["fit"]["refit"] == "incremental"
+
+
+def _strip(records):
+    return [{k: v for k, v in r.items() if k != "wall_time"} for r in records]
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_toy_loop_with_the_incremental_schedule_resumes_exactly(tmp_path):
+    toy = make_toy_task(jax.random.key(0))
+    fit = bo.GPFitConfig(num_inducing=8, n_best=40, n_random=40, cold_kernel_steps=20, cold_steps=20,
+                         warm_steps=5, kmeans_iters=3, refit="incremental", refit_every=2,
+                         refit_max_steps=20)  # fmt: skip
+    opt = bo.make_gp_ei(fit, bo.AcquisitionConfig(num_restarts=6, num_random_starts=3, ascent_steps=20))
+    cfg = LSOConfig(budget=8, retrain_every=4, batch_size=16, finetune_steps=2, initial_finetune_epochs=0.1)
+    key = jax.random.key(5)
+    full = lso.run(key, toy, cfg, optimizer=opt, workdir=tmp_path / "full", progress=False)
+    assert sum(r["eval"] is not None for r in full.records) == 8
+
+    def interrupt(event, payload):
+        if event == "record" and payload["seq"] == 5:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        lso.run(key, toy, cfg, optimizer=opt, workdir=tmp_path / "cut", progress=False, callbacks=[interrupt])
+    resumed = lso.run(key, toy, cfg, optimizer=opt, workdir=tmp_path / "cut", progress=False)
+    assert _strip(resumed.records) == _strip(full.records)
