@@ -386,14 +386,17 @@ class _Host:
             rec["status"], rec["score"], rec["error"] = _call_objective(
                 self.task, obj, self.config.objective_timeout)  # fmt: skip
         self.seen.add(rec["key"])
+        # The record goes to the log as soon as the objective returns (before the append,
+        # whose first call compiles): a kill after this point never turns a returned call
+        # into a "never returned" one.
+        book.emit(rec)
+        self.pending = None
+        self.pending_path.unlink(missing_ok=True)
         if rec["status"] == "ok":
             self.known[rec["key"]] = float(rec["score"])
             state = self.append(state, self.task.to_data(obj), np.float32(rec["score"]), z)
         else:
             state = steps.count_failed_eval(state)
-        book.emit(rec)
-        self.pending = None
-        self.pending_path.unlink(missing_ok=True)
         self.discards = 0
         self.bar.update(1)
         return state
