@@ -114,7 +114,10 @@ def format_table(summaries: list[dict]) -> str:
         n_eval = np.mean([g["num_evaluations"] for g in group])
         disc = np.mean([g["counts"]["invalid"] + g["counts"]["duplicate"] for g in group])
         secs = np.mean([g.get("wall_seconds", g["seconds"]) for g in group])
-        lines.append(f"| {name} | {len(group)} | {' | '.join(cells)} | {n_eval:.0f} | {disc:.0f} | {secs:.0f} |")
+        stalled = sum(g.get("status", "complete") != "complete" for g in group)
+        # a stalled seed has fewer evaluations than the budget: say so where the numbers are
+        label = name if not stalled else f"{name} ({stalled} stalled)"
+        lines.append(f"| {label} | {len(group)} | {' | '.join(cells)} | {n_eval:.0f} | {disc:.0f} | {secs:.0f} |")
     return "\n".join(lines)
 
 

@@ -482,3 +482,29 @@ def test_kill_9_at_random_moments_then_resume_gives_identical_records(tmp_path):
     assert strip(lso.load_records(work)) == expected
     assert json.loads((work / "summary.json").read_text())["num_evaluations"] == 12
     print(f"{kills} kills survived over {rounds + 1} runs (a run: {duration:.0f} s); records identical")
+
+
+def test_tables_mark_stalled_seeds():
+    from experiments.run import format_table
+
+    base = {"final": {"top1": 1.0, "top10": None, "top50": None}, "num_evaluations": 3,
+            "counts": {"invalid": 0, "duplicate": 4}, "seconds": 1.0}  # fmt: skip
+    table = format_table([dict(base, setting="k1e-3_r5", status="complete"),
+                          dict(base, setting="k1e-3_r5", status="stalled"),
+                          dict(base, setting="kinf_rnever", status="complete")])  # fmt: skip
+    assert "| k1e-3_r5 (1 stalled) | 2 |" in table
+    assert "| kinf_rnever | 1 |" in table
+
+
+def test_progress_bar_says_what_it_waits_for(tmp_path, capsys):
+    import jax
+
+    from wrjax import loop as lso
+    from wrjax.tasks.toy import make_toy_task
+
+    toy = make_toy_task(jax.random.key(0))
+    cfg = lso.LSOConfig(budget=2, retrain_every=None, batch_size=16)
+    lso.run(jax.random.key(0), toy, cfg, optimizer=lso.grid_optimizer(toy), workdir=tmp_path,
+            progress=True)  # fmt: skip
+    err = capsys.readouterr().err
+    assert "fine-tuning" in err and "compiling" in err and "querying" in err

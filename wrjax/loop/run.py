@@ -281,12 +281,18 @@ class _Host:
         cycle, n_evals = int(state.cycle), int(state.n_evals)
         num_steps = self.config.finetune_steps_at(cycle, self.n0)
         if num_steps > 0:
+            # say what the bar is waiting for (the first fine-tune also compiles)
+            self.bar.set_postfix_str(f"fine-tuning: {num_steps} steps"
+                                     + (", compiling" if cycle == 0 else ""))  # fmt: skip
             key = jax.random.fold_in(state.streams.finetune, cycle)
             state, info = steps.retrain(key, state, trainer=self.trainer, num_steps=num_steps,
                                         k=self.config.k_at(cycle))  # fmt: skip
             loss = np.asarray(info.loss)
             book.notify("retrain", {"cycle": cycle, "n_evals": n_evals, "steps": num_steps,
                                     "loss_first": float(loss[0]), "loss_last": float(loss[-1])})  # fmt: skip
+        self.bar.set_postfix_str("querying" + (" (the first query compiles)" if cycle == 0 else ""))
+        # the bar's rate (hence its ETA) counts query time only, not the fine-tune just done
+        self.bar.unpause()
         b, n0 = state.buffer, self.n0
         n_q = int(b.count) - n0
         ckpt.save_pytree(
@@ -499,6 +505,12 @@ def _call_objective(task: Task, obj, timeout: float | None = None) -> tuple[str,
 
 class _NoBar:
     def update(self, n):
+        pass
+
+    def set_postfix_str(self, text, refresh=True):
+        pass
+
+    def unpause(self):
         pass
 
     def close(self):
