@@ -389,12 +389,12 @@ def tanimoto(a: str, b: str, *, radius: int = 2, bits: int = 2048) -> float:
     return float(DataStructs.TanimotoSimilarity(gen.GetFingerprint(ma), gen.GetFingerprint(mb)))
 
 
-def load_model(path: str | os.PathLike | None = None):
+def load_model(path: str | os.PathLike | None = "gru"):
     """The pretrained SELFIES VAE as a :class:`wrjax.tasks.chem_model.ChemModel`.
 
     Three lines from research code::
 
-        model = wrjax.tasks.chem.load_model()     # the shipped checkpoint
+        model = wrjax.tasks.chem.load_model()     # the shipped GRU checkpoint
         z = model.encode(["CCO", "c1ccccc1"])     # (2, 56) encoder means
         smiles = model.decode(z)                  # greedy decodes, a list of SMILES
     """

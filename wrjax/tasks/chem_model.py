@@ -901,6 +901,8 @@ class ChemModel:
         return sample_prior_smiles(key, self.module, self.params, self.vocab, num_samples)
 
 
-def load_model(path: str | Path | None = None) -> ChemModel:
-    """Load a checkpoint as a :class:`ChemModel` (default: :data:`DEFAULT_CHECKPOINT`)."""
+def load_model(path: str | Path | None = "gru") -> ChemModel:
+    """Load a checkpoint as a :class:`ChemModel`: a path or a shipped name; default the
+    reconstructing GRU model (``"gru"``), ``None`` for :data:`DEFAULT_CHECKPOINT` (the
+    model the recorded chemistry ablation used)."""
     return ChemModel(load_checkpoint(path))
