@@ -1,6 +1,6 @@
 """The paper's ablation: {no weighting, weighting} x {no retraining, retraining} over seeds.
 
-    python -m experiments.ablation TASK [--preset paper] [--k 1e-3] [--retrain-every 50]
+    python -m experiments.ablation TASK [--preset smoke|paper|...] [--k 1e-3] [--retrain-every 50]
                                    [--extra-k 1e-5] [--seeds 0 1 2] [--workdir runs]
                                    [--report-only]
 
@@ -47,7 +47,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=preset_help())  # fmt: skip
     ap.add_argument("task", choices=sorted(registry.REGISTRY))
-    ap.add_argument("--preset", default="paper", choices=preset_names())
+    ap.add_argument("--preset", default="smoke", choices=preset_names())  # as run and sweep
     ap.add_argument("--k", type=float)
     ap.add_argument("--retrain-every", type=parse_retrain)
     ap.add_argument("--extra-k", type=float, nargs="*", default=[])

@@ -508,3 +508,9 @@ def test_progress_bar_says_what_it_waits_for(tmp_path, capsys):
             progress=True)  # fmt: skip
     err = capsys.readouterr().err
     assert "fine-tuning" in err and "compiling" in err and "querying" in err
+
+
+def test_ablation_defaults_to_the_same_preset_as_run(tmp_path, capsys):
+    """Without --preset, ablation looks where run (default: smoke) writes."""
+    err = _usage_error(ablation.main, ["toy", "--report-only", "--workdir", str(tmp_path)], capsys)
+    assert "toy/smoke-b" in err
