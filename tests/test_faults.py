@@ -514,3 +514,26 @@ def test_ablation_defaults_to_the_same_preset_as_run(tmp_path, capsys):
     """Without --preset, ablation looks where run (default: smoke) writes."""
     err = _usage_error(ablation.main, ["toy", "--report-only", "--workdir", str(tmp_path)], capsys)
     assert "toy/smoke-b" in err
+
+
+def test_a_stalled_run_says_why_and_is_marked(tmp_path):
+    """An optimiser with nothing to propose: the warning names that cause (not "0 discarded
+    suggestions"), and the summary says stalled."""
+    import jax
+    import numpy as np
+
+    from wrjax import loop as lso
+    from wrjax.loop import Optimizer, Proposal
+    from wrjax.tasks.toy import make_toy_task
+
+    toy = make_toy_task(jax.random.key(0))
+    empty = Optimizer(lambda ctx: None,
+                      lambda key, state, ctx: (Proposal(np.zeros((0, 2), np.float32), []), state),
+                      "empty")  # fmt: skip
+    cfg = lso.LSOConfig(budget=3, retrain_every=None, initial_finetune_epochs=0)
+    with pytest.warns(UserWarning) as rec:
+        res = lso.run(jax.random.key(0), toy, cfg, optimizer=empty, workdir=tmp_path, progress=False)
+    msgs = [str(w.message) for w in rec]
+    assert any("nothing left to propose" in m for m in msgs)
+    assert not any("0 discarded" in m for m in msgs)
+    assert res.status == "stalled" and res.summary["status"] == "stalled"
