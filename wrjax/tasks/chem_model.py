@@ -226,6 +226,15 @@ class Conv1D(nn.Module):
         return nn.Dense(self.features)(patches)
 
 
+def _gru_update(gi: jax.Array, gh: jax.Array, b_hn: jax.Array, h: jax.Array) -> jax.Array:
+    """One GRU update from the input and hidden gate pre-activations, each ``(B, 3H)``."""
+    H = h.shape[-1]
+    r = jax.nn.sigmoid(gi[:, :H] + gh[:, :H])
+    u = jax.nn.sigmoid(gi[:, H : 2 * H] + gh[:, H : 2 * H])
+    n = jnp.tanh(gi[:, 2 * H :] + r * (gh[:, 2 * H :] + b_hn[None, :]))
+    return (1.0 - u) * n + u * h
+
+
 class GRU(nn.Module):
     """A GRU layer (flax ``GRUCell`` equations) with the input projection hoisted out of the
     time loop.
@@ -273,24 +282,11 @@ class GRU(nn.Module):
                 gi_t = gi if xs_t is None else gi + xs_t[None, :]
             else:
                 gi_t = xs_t
-            gh = h @ w_h
-            r = jax.nn.sigmoid(gi_t[:, :H] + gh[:, :H])
-            u = jax.nn.sigmoid(gi_t[:, H : 2 * H] + gh[:, H : 2 * H])
-            n = jnp.tanh(gi_t[:, 2 * H :] + r * (gh[:, 2 * H :] + b_hn[None, :]))
-            h = (1.0 - u) * n + u * h
+            h = _gru_update(gi_t, h @ w_h, b_hn, h)
             return h, h
 
         _, hs = jax.lax.scan(step, h0, xs, length=self.length, unroll=self.unroll)
         return jnp.swapaxes(hs, 0, 1)
-
-
-def _gru_update(gi: jax.Array, gh: jax.Array, b_hn: jax.Array, h: jax.Array) -> jax.Array:
-    """One GRU update from the input and hidden gate pre-activations, each ``(B, 3H)``."""
-    H = h.shape[-1]
-    r = jax.nn.sigmoid(gi[:, :H] + gh[:, :H])
-    u = jax.nn.sigmoid(gi[:, H : 2 * H] + gh[:, H : 2 * H])
-    n = jnp.tanh(gi[:, 2 * H :] + r * (gh[:, 2 * H :] + b_hn[None, :]))
-    return (1.0 - u) * n + u * h
 
 
 class ARDecoder(nn.Module):
