@@ -226,3 +226,135 @@ def test_float32_even_with_float64_inputs(toy, key):
         x = jnp.asarray(toy_data(8)[0], jnp.float64)
         terms = wrjax.elbo_terms(key, params, model, x)
         assert terms.elbo.dtype == jnp.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# train: the one training loop
+# ---------------------------------------------------------------------------------------------
+
+
+def _setup(toy, lr=1e-2, inject=False):
+    model, params = toy
+    x, labels = toy_data(64)
+    opt = (optax.inject_hyperparams(optax.adam)(learning_rate=lr) if inject else optax.adam(lr))
+    step = wrjax.make_train_step(model, opt, beta=0.5)
+    w = wrjax.rank_weights(jnp.asarray(labels, jnp.float32), 0.1)
+    return wrjax.init_train_state(params, opt), step, x, w
+
+
+def _same_tree(a, b):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+
+
+def test_train_in_one_chunk_is_fit_bit_for_bit(toy, key):
+    state, step, x, w = _setup(toy)
+    ref, info = wrjax.fit(jax.random.fold_in(key, 0), state, step, x, w, num_steps=25, batch_size=8)
+    got, hist = vae.train(key, state, step, x, w, num_steps=25, batch_size=8)
+    _same_tree(ref, got)
+    assert hist.step == [25] and hist.loss == [float(np.asarray(info.loss).mean())]
+    assert hist.beta == [0.5] and hist.metrics == [{}] and len(hist.seconds) == 1
+    # chunk_key(done) -> key reproduces a plain fit(key, ...) call, in sample mode too.
+    ref, _ = wrjax.fit(key, state, step, x, w, num_steps=25, batch_size=8, mode="sample")
+    got, _ = vae.train(key, state, step, x, w, num_steps=25, batch_size=8, mode="sample",
+                       chunk_key=lambda done: key)
+    _same_tree(ref, got)
+
+
+def test_chunks_are_fits_with_folded_keys(toy, key):
+    state, step, x, w = _setup(toy)
+    ref, losses = state, []
+    for done in (0, 10, 20):  # the independent reference: three fits, key fold_in(key, done)
+        ref, info = wrjax.fit(jax.random.fold_in(key, done), ref, step, x, w,
+                              num_steps=min(10, 25 - done), batch_size=8)
+        losses.append(float(np.asarray(info.loss).mean()))
+    got, hist = vae.train(key, state, step, x, w, num_steps=25, batch_size=8, chunk_steps=10)
+    _same_tree(ref, got)
+    assert hist.step == [10, 20, 25] and hist.loss == losses
+    assert hist.seconds == sorted(hist.seconds)
+
+
+def test_resumed_from_a_history_equals_uninterrupted(toy, key, tmp_path):
+    import json
+
+    state, step, x, w = _setup(toy)
+    full, full_hist = vae.train(key, state, step, x, w, num_steps=30, batch_size=8, chunk_steps=10)
+    part, hist = vae.train(key, state, step, x, w, num_steps=20, batch_size=8, chunk_steps=10)
+    # Through the checkpoint files, as a resumed script would.
+    wrjax.checkpoint.save_pytree(tmp_path / "ck", part, {"history": hist._asdict()})
+    part = wrjax.checkpoint.load_pytree(tmp_path / "ck", state)
+    hist = vae.History.from_dict(json.loads((tmp_path / "ck.json").read_text())["history"])
+    resumed, hist = vae.train(key, part, step, x, w, num_steps=30, batch_size=8, chunk_steps=10,
+                              history=hist)
+    _same_tree(full, resumed)
+    assert hist.step == full_hist.step and hist.loss == full_hist.loss and hist.kl == full_hist.kl
+    assert hist.seconds[-1] >= hist.seconds[1]  # wall time continues from the saved history
+
+
+def test_history_from_an_old_record_without_metrics():
+    h = vae.History.from_dict({"step": [1, 2], "loss": [1.0, 0.5], "log_lik": [0, 0], "kl": [0, 0],
+                               "beta": [1, 1], "seconds": [0.1, 0.2]})
+    assert h.metrics == [{}, {}] and h.step == [1, 2]
+
+
+def test_on_chunk_returning_a_state_takes_effect(toy, key):
+    state, step, x, w = _setup(toy, inject=True)
+    seen = []
+
+    def freeze(state, history):  # a learning-rate change of the optimiser state
+        seen.append((int(state.step), list(history.step)))
+        hp = dict(state.opt_state.hyperparams, learning_rate=jnp.zeros((), jnp.float32))
+        return state._replace(opt_state=state.opt_state._replace(hyperparams=hp))
+
+    first, _ = vae.train(key, state, step, x, w, num_steps=10, batch_size=8)
+    got, _ = vae.train(key, state, step, x, w, num_steps=30, batch_size=8, chunk_steps=10,
+                       on_chunk=freeze)
+    _same_tree(first.params, got.params)  # learning rate 0 after the first chunk
+    assert int(got.step) == 30 and seen == [(10, [10]), (20, [10, 20]), (30, [10, 20, 30])]
+    # on_chunk returning None leaves the state alone.
+    ref, _ = vae.train(key, state, step, x, w, num_steps=30, batch_size=8, chunk_steps=10)
+    got, _ = vae.train(key, state, step, x, w, num_steps=30, batch_size=8, chunk_steps=10,
+                       on_chunk=lambda s, h: None)
+    _same_tree(ref, got)
+
+
+def test_validate_metrics_and_progress_lines(toy, key, capsys):
+    state, step, x, w = _setup(toy)
+    model, _ = toy
+    elbo = jax.jit(lambda p: wrjax.elbo_terms(key, p, model, x).elbo.mean())
+    _, hist = vae.train(key, state, step, x, w, num_steps=20, batch_size=8, chunk_steps=10,
+                        validate=lambda s: {"elbo": float(elbo(s.params))}, progress="toy")
+    assert [set(m) for m in hist.metrics] == [{"elbo"}, {"elbo"}]
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("[toy] step 10/20") and "elbo" in lines[0]
+    vae.train(key, state, step, x, w, num_steps=20, batch_size=8, chunk_steps=10, progress=False)
+    assert capsys.readouterr().out == ""
+
+
+def test_time_limit_stops_after_the_chunk_that_passes_it(toy, key):
+    state, step, x, w = _setup(toy)
+    got, hist = vae.train(key, state, step, x, w, num_steps=40, batch_size=8, chunk_steps=10,
+                          time_limit_s=0.0)
+    assert int(got.step) == 10 and hist.step == [10]
+    # Already at num_steps: nothing to do.
+    again, hist2 = vae.train(key, got, step, x, w, num_steps=10, batch_size=8)
+    assert again is got and hist2.step == []
+
+
+def test_non_finite_loss_names_the_step(toy, key):
+    state, step, x, w = _setup(toy)
+
+    def poisoned(k, s, batch, lw):  # the update from step 12 to 13 goes NaN
+        s, info = step(k, s, batch, lw)
+        return s, info._replace(loss=jnp.where(s.step >= 13, jnp.nan, info.loss))
+
+    with pytest.raises(FloatingPointError, match=r"at step 13 \(chunk of steps 11-20\)"):
+        vae.train(key, state, poisoned, x, w, num_steps=30, batch_size=8, chunk_steps=10)
+
+
+def test_train_checks_its_inputs_once(toy, key):
+    state, step, x, w = _setup(toy)
+    with pytest.raises(ValueError):
+        vae.train(key, state, step, x, w[:10], num_steps=5, batch_size=8)
+    with pytest.raises(ValueError, match="chunk_steps"):
+        vae.train(key, state, step, x, w, num_steps=5, batch_size=8, chunk_steps=0)

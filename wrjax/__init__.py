@@ -13,7 +13,10 @@ weighted VAE trainer, resampling, acquisition). Submodules hold the details:
   driver ``run`` and the compiled driver ``make_compiled_run``.
 * ``wrjax.weighting``: rank weights (eq. 3) and the authors' other schemes, k schedules.
 * ``wrjax.resampling``: duplicate-copy variance reduction (A.2), weighted minibatch plans.
-* ``wrjax.vae``: per-example ELBO, weighted loss, ``TrainState``, train step, ``fit``.
+* ``wrjax.vae``: per-example ELBO, weighted loss, ``TrainState``, train step, ``fit``, and
+  ``train``, the one training loop (chunks, ``History``, validation, hooks, resuming).
+* ``wrjax.checkpoint``: pytrees and shipped models (``save_model``/``load_model``).
+* ``wrjax.paths``: the one resolver of data sets, shipped checkpoints and caches.
 * ``wrjax.gp``: sparse GP (SGPR, float64) fitting and cached prediction.
 * ``wrjax.acquisition``: (log) expected improvement, incumbents, multi-start maximisation.
 * ``wrjax.bo``: the GP-EI optimiser (fit and acquisition configs, data subset, ``bo_suggest``).
@@ -52,6 +55,7 @@ from wrjax.resampling import Batches, duplicate_capacity, duplicate_copies, weig
 from wrjax.task import Task
 from wrjax.vae import (
     ElboTerms,
+    History,
     TrainInfo,
     TrainState,
     beta_schedule,
@@ -64,6 +68,7 @@ from wrjax.vae import (
     gaussian_kl,
     init_train_state,
     make_train_step,
+    train,
     weighted_elbo_loss,
 )
 from wrjax.weighting import (
@@ -95,7 +100,7 @@ __all__ = [
     # the weighted VAE
     "ElboTerms", "TrainInfo", "TrainState", "beta_schedule", "bernoulli_log_likelihood",
     "categorical_log_likelihood", "decode_logits", "elbo_terms", "encode_mean", "fit",
-    "gaussian_kl", "init_train_state", "make_train_step", "weighted_elbo_loss",
+    "train", "History", "gaussian_kl", "init_train_state", "make_train_step", "weighted_elbo_loss",
     "Batches", "duplicate_capacity", "duplicate_copies", "weighted_batches",
     # BO pieces
     "BOConfig", "bo_suggest", "data_bounds", "expected_improvement", "incumbent",

@@ -12,6 +12,11 @@ JSON last, and with ``checksum=True`` the JSON records the blob's size and SHA-2
 checkpoint is complete exactly when its JSON parses and the blob matches it
 (:func:`verify_checkpoint`); a kill between the two writes leaves a blob without JSON, an
 incomplete checkpoint, never a wrong one.
+
+Shipped models (the pretrained VAEs) use one format on top of this: :func:`save_model` writes
+the params and a JSON record ``{"format": "wrjax-model/1", "config": ..., "command": ...,
+"data": ..., "seconds": ..., "metrics": ..., "machine": machine_description()}``, and
+:func:`load_model` rebuilds the model from that record with a task's ``build_fn``.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -29,7 +35,10 @@ from flax import serialization
 from wrjax.typing import PyTree
 
 __all__ = ["save_pytree", "load_pytree", "load_metadata", "atomic_write_bytes", "verify_checkpoint",
-           "CheckpointError"]
+           "CheckpointError", "machine_description", "save_model", "load_model", "MODEL_FORMAT"]
+
+#: The ``format`` field of a model record written by :func:`save_model`.
+MODEL_FORMAT = "wrjax-model/1"
 
 
 class CheckpointError(ValueError):
@@ -122,6 +131,79 @@ def verify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"damaged checkpoint {blob_path}: {len(blob)} bytes, not the "
                               f"{meta.get('blob_bytes')} bytes its metadata records (or a different checksum)")
     return meta
+
+
+def machine_description() -> dict[str, Any]:
+    """The one description of the machine a run happened on (for records and checkpoints):
+    platform, CPU model, core count, the CPU's vector flags, ``XLA_FLAGS``, the 1-minute
+    load average (a shared CPU is slower), jax/jaxlib versions, backend and devices."""
+    cpu_model, flags = platform.processor() or platform.machine(), []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and cpu_model in ("", platform.machine(), "x86_64"):
+                    cpu_model = value.strip()
+                elif key.strip() in ("flags", "Features") and not flags:
+                    wanted = ("avx", "avx2", "avx512f", "fma", "sse4_2", "neon", "asimd", "sve")
+                    flags = sorted(set(value.split()) & set(wanted))
+    except OSError:
+        pass
+    try:
+        load = round(os.getloadavg()[0], 2)
+    except OSError:
+        load = None
+    import jaxlib
+
+    return {
+        "platform": platform.platform(),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "cpu_flags": flags,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "load_average_1m": load,
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+    }
+
+
+def save_model(path: str | os.PathLike, params: PyTree, *, config: dict[str, Any],
+               record: dict[str, Any] | None = None) -> None:
+    """Save a model's ``params`` as ``path.msgpack`` and its record as ``path.json``.
+
+    The JSON is ``{"format": MODEL_FORMAT, "config": config, **record, "machine": ...}``:
+    ``config`` is what the task's ``build_fn`` needs to rebuild the model, ``record`` holds
+    ``"command"``, ``"data"``, ``"seconds"``, ``"metrics"`` (and anything else), and
+    :func:`machine_description` is added (merged under any ``record["machine"]`` entries).
+    The blob's checksum is recorded and checked by :func:`load_model`.
+    """
+    record = dict(record or {})
+    for reserved in ("format", "config"):
+        if reserved in record:
+            raise ValueError(f"record must not set {reserved!r} (save_model writes it)")
+    machine = {**machine_description(), **dict(record.pop("machine", None) or {})}
+    meta = {"format": MODEL_FORMAT, "config": dict(config), **record, "machine": machine}
+    save_pytree(path, params, meta, checksum=True)
+
+
+def load_model(path: str | os.PathLike, build_fn: Callable[[dict], tuple[Any, PyTree]]
+               ) -> tuple[Any, PyTree, dict[str, Any]]:
+    """Load a model saved by :func:`save_model` (or an older shipped checkpoint).
+
+    ``build_fn(metadata) -> (model, params_template)`` rebuilds the model from the JSON
+    record (``metadata["config"]``, or the fields of an older layout) and returns a pytree of
+    the params' structure (arrays or ``jax.ShapeDtypeStruct``, e.g. from ``jax.eval_shape``).
+    Returns ``(model, params, metadata)`` with the params as device arrays. A recorded
+    checksum is verified (:class:`CheckpointError` naming the file).
+    """
+    meta = verify_checkpoint(path) if "blob_sha256" in load_metadata(path) else load_metadata(path)
+    model, template = build_fn(meta)
+    template = jax.tree.map(
+        lambda s: np.zeros(s.shape, s.dtype) if isinstance(s, jax.ShapeDtypeStruct) else s, template)
+    params = jax.tree.map(jax.numpy.asarray, load_pytree(path, template))
+    return model, params, meta
 
 
 def _strict_json(value):

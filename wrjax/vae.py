@@ -12,7 +12,10 @@ A model is any ``flax.linen.Module`` with two methods over a batch:
 Training follows optax/blackjax: :func:`make_train_step` captures the model, optimiser and
 hyperparameters and returns a pure ``step(key, state, batch, loss_weights)``; :func:`fit`
 scans that step over a static-shape plan of minibatches (``wrjax.resampling``) gathered by
-index from data that stays on the device.
+index from data that stays on the device. :func:`train` is the one training loop around it
+(every task's pretraining): chunks of ``fit``, a host-side :class:`History`, validation
+metrics, progress lines, a per-chunk hook (checkpoints, learning-rate changes), a time limit,
+and resuming.
 
 All computation is float32 (see ``wrjax.precision``).
 """
@@ -20,6 +23,7 @@ All computation is float32 (see ``wrjax.precision``).
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, Callable, Literal, NamedTuple
 
 import flax.linen as nn
@@ -46,6 +50,8 @@ __all__ = [
     "make_train_step",
     "beta_schedule",
     "fit",
+    "train",
+    "History",
     "encode_mean",
     "decode_logits",
 ]
@@ -276,14 +282,18 @@ def fit(key, state, step_fn, data, weights, *, num_steps, batch_size, mode="epoc
     ``data``, finite, ``>= 0``, not all zero on valid rows. Then :func:`fit_unchecked`, which
     documents the arguments.
     """
+    _check_fit_inputs(data, weights, mask, num_steps, batch_size)
+    return fit_unchecked(key, state, step_fn, data, weights, num_steps=num_steps, batch_size=batch_size,
+                         mode=mode, mask=mask, batch_sharding=batch_sharding)  # fmt: skip
+
+
+def _check_fit_inputs(data, weights, mask, num_steps, batch_size) -> None:
     rows = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(data)}
     if len(rows) != 1 or None in rows:
         raise ValueError(f"data leaves must share one leading axis, got sizes {sorted(map(str, rows))}")
     check_weights(weights, rows.pop(), mask)
     check_int("num_steps", num_steps, minimum=0)
     check_int("batch_size", batch_size, minimum=1)
-    return fit_unchecked(key, state, step_fn, data, weights, num_steps=num_steps, batch_size=batch_size,
-                         mode=mode, mask=mask, batch_sharding=batch_sharding)  # fmt: skip
 
 
 @functools.partial(
@@ -340,3 +350,124 @@ def fit_unchecked(
         return step_fn(k, state, batch, lw)
 
     return jax.lax.scan(body, state, (step_keys, plan.indices, plan.loss_weights))
+
+
+class History(NamedTuple):
+    """What :func:`train` did, host values, one entry per chunk of updates.
+
+    Save it with the state (``history._asdict()`` is JSON) and pass it back to resume;
+    :meth:`from_dict` reads it back (also an older record without ``metrics``).
+    """
+
+    step: list[int]  # updates done at the end of the chunk (``state.step``)
+    loss: list[float]  # mean optimised loss (weighted -ELBO) over the chunk's updates
+    log_lik: list[float]  # mean log p(x|z)
+    kl: list[float]  # mean KL
+    beta: list[float]  # beta of the chunk's last update
+    seconds: list[float]  # wall time since the first call started (compilation included)
+    metrics: list[dict]  # validate(state) after the chunk ({} without validate)
+
+    @classmethod
+    def empty(cls) -> "History":
+        return cls([], [], [], [], [], [], [])
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        n = len(d["step"])
+        return cls(*(list(d.get(f, [{}] * n if f == "metrics" else [])) for f in cls._fields))
+
+
+def train(
+    key: jax.Array,
+    state: TrainState,
+    step_fn: Callable,
+    data: PyTree,
+    weights: jax.Array,
+    *,
+    num_steps: int,
+    batch_size: int,
+    mode: Literal["sample", "epoch"] = "epoch",
+    mask: jax.Array | None = None,
+    chunk_steps: int | None = None,
+    chunk_key: Callable[[int], jax.Array] | None = None,
+    history: History | None = None,
+    validate: Callable[[TrainState], dict] | None = None,
+    on_chunk: Callable[[TrainState, History], TrainState | None] | None = None,
+    time_limit_s: float | None = None,
+    progress: bool | str | None = None,
+    batch_sharding: jax.sharding.Sharding | None = None,
+) -> tuple[TrainState, History]:
+    """The one training loop: ``fit`` in chunks, with history, validation, hooks and resuming.
+
+    Trains from ``int(state.step)`` up to ``num_steps`` updates in all (a fresh state: exactly
+    ``num_steps``), ``chunk_steps`` at a time (default: all in one chunk: exactly
+    ``fit(chunk_key(state.step), ...)``). After each chunk it appends the chunk's
+    means to the history, then calls ``validate`` and ``on_chunk``.
+
+    Args:
+      key, state, step_fn, data, weights, batch_size, mode, mask, batch_sharding: as
+        :func:`fit` (checked once, here).
+      num_steps: the step count to reach (``state.step`` counts the updates done).
+      chunk_steps: updates per compiled ``fit`` call; the granularity of the history, the
+        progress lines, ``on_chunk`` and ``time_limit_s``. ``None``: one chunk.
+      chunk_key: ``chunk_key(steps_done) -> key`` of the chunk starting after ``steps_done``
+        updates. Default ``fold_in(key, steps_done)``, so a resumed run draws the same
+        batches as an uninterrupted one; e.g. ``lambda done: epoch_keys[done // spe]``
+        reproduces one key per epoch, ``lambda done: key`` one ``fit`` call.
+      history: the history of the run being resumed (appended to, in place); ``None``: new.
+      validate: ``validate(state) -> dict`` of metrics after each chunk (``history.metrics``).
+      on_chunk: ``on_chunk(state, history) -> state | None`` after each chunk (checkpoints;
+        changes of the optimiser state such as a learning-rate plateau): a returned state
+        replaces the current one.
+      time_limit_s: stop after the chunk that passes this wall time (of this call).
+      progress: ``None``/``False`` silent; ``True`` or a label: one flushed line per chunk.
+
+    Returns:
+      ``(state, history)``.
+
+    Raises:
+      FloatingPointError: a non-finite loss, naming the first step that had one.
+    """
+    _check_fit_inputs(data, weights, mask, num_steps, batch_size)
+    if chunk_steps is not None:
+        check_int("chunk_steps", chunk_steps, minimum=1)
+    history = History.empty() if history is None else history
+    if chunk_key is None:
+        chunk_key = lambda done: jax.random.fold_in(key, done)  # noqa: E731
+    label = progress if isinstance(progress, str) else ""
+    start = time.perf_counter()
+    offset = history.seconds[-1] if history.seconds else 0.0  # wall time of earlier calls
+    done = int(state.step)
+    while done < num_steps:
+        n = min(chunk_steps or num_steps, num_steps - done)
+        state, info = fit_unchecked(
+            chunk_key(done), state, step_fn, data, weights, num_steps=n, batch_size=batch_size,
+            mode=mode, mask=mask, batch_sharding=batch_sharding,
+        )  # fmt: skip
+        info = jax.tree.map(np.asarray, info)
+        before, done = done, done + n
+        finite = np.isfinite(info.loss)
+        history.step.append(done)
+        history.loss.append(float(info.loss.mean()))
+        history.log_lik.append(float(info.log_lik.mean()))
+        history.kl.append(float(info.kl.mean()))
+        history.beta.append(float(info.beta[-1]))
+        history.seconds.append(offset + time.perf_counter() - start)
+        history.metrics.append(dict(validate(state)) if validate is not None and finite.all() else {})
+        if progress:
+            extra = "".join(f"  {k} {v:.4g}" if isinstance(v, (int, float)) else f"  {k} {v}"
+                            for k, v in history.metrics[-1].items())
+            print(f"{f'[{label}] ' if label else ''}step {done}/{num_steps}  "
+                  f"loss {history.loss[-1]:.4g}  log_lik {history.log_lik[-1]:.4g}  "
+                  f"kl {history.kl[-1]:.4g}  beta {history.beta[-1]:.3g}{extra}  "
+                  f"{history.seconds[-1]:.1f} s", flush=True)
+        if not finite.all():
+            first = before + 1 + int(np.argmin(finite))
+            raise FloatingPointError(
+                f"non-finite loss {float(info.loss[first - before - 1])} at step {first} "
+                f"(chunk of steps {before + 1}-{done})")
+        if on_chunk is not None and (new := on_chunk(state, history)) is not None:
+            state = new
+        if time_limit_s is not None and time.perf_counter() - start >= time_limit_s:
+            break
+    return state, history
