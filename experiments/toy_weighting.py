@@ -5,24 +5,13 @@ best prototypes: their reconstruction log-likelihood rises, the worst ones' fall
 Run:  python experiments/toy_weighting.py
 """
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 import wrjax
-
-
-class MLPVAE(nn.Module):
-    @nn.compact
-    def encode(self, x):
-        h = nn.relu(nn.Dense(32, name="enc")(x.astype(jnp.float32)))
-        return nn.Dense(2, name="mean")(h), nn.Dense(2, name="logvar")(h)
-
-    @nn.compact
-    def decode(self, z):
-        return nn.Dense(64, name="dec_out")(nn.relu(nn.Dense(32, name="dec")(z)))
+from wrjax.tasks.toy import BitVAE, init_params
 
 
 def main():
@@ -31,10 +20,9 @@ def main():
     labels = np.arange(2048) % 8
     x = jnp.asarray(protos[labels], jnp.float32)
     scores = jnp.asarray(labels, jnp.float32)  # prototype 7 is the best
-    model = MLPVAE()
+    model = BitVAE(length=64, latent_dim=2, hidden=32)  # the toy task's MLP VAE
     key = jax.random.key(0)
-    params = model.init(key, x[:1], method=model.encode)
-    params = {**params["params"], **model.init(key, jnp.zeros((1, 2)), method=model.decode)["params"]}
+    params = init_params(key, model)
     opt = optax.adam(3e-3)
     step = wrjax.make_train_step(model, opt, beta=0.5)
     print("k      " + " ".join(f"proto{i:d}" for i in range(8)) + "   (mean log p(x|z), nats)")

@@ -11,30 +11,12 @@ import scipy.stats
 
 import wrjax
 from wrjax import vae
+from wrjax.tasks.toy import BitVAE
 
 
-class ToyVAE(nn.Module):
-    """An MLP VAE on binary vectors of length 16 with a 2-D latent space."""
-
-    latent_dim: int = 2
-
-    def setup(self):
-        self.enc = nn.Dense(32)
-        self.mean = nn.Dense(self.latent_dim)
-        self.logvar = nn.Dense(self.latent_dim)
-        self.dec1 = nn.Dense(32)
-        self.dec2 = nn.Dense(16)
-
-    def encode(self, x):
-        h = nn.relu(self.enc(x.astype(jnp.float32)))
-        return self.mean(h), self.logvar(h)
-
-    def decode(self, z):
-        return self.dec2(nn.relu(self.dec1(z)))
-
-    def __call__(self, x):
-        mean, _ = self.encode(x)
-        return self.decode(mean)
+def ToyVAE():
+    """An MLP VAE on binary vectors of length 16 with a 2-D latent space (the toy task's)."""
+    return BitVAE(length=16, latent_dim=2, hidden=32)
 
 
 @pytest.fixture
