@@ -46,7 +46,7 @@ def read_summaries(setting_dir: Path, name: str, seeds) -> list[dict]:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=preset_help())  # fmt: skip
-    ap.add_argument("task", choices=sorted(registry.REGISTRY))
+    ap.add_argument("task", choices=sorted(registry.TASKS))
     ap.add_argument("--preset", default="smoke", choices=preset_names())  # as run and sweep
     ap.add_argument("--k", type=float)
     ap.add_argument("--retrain-every", type=parse_retrain)
@@ -60,9 +60,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     preset = check_preset(ap, args.task, args.preset)
-    k = args.k if args.k is not None else preset.get("k", 1e-3)
-    r = args.retrain_every if args.retrain_every is not None else preset.get("retrain_every", 50)
-    seeds = args.seeds if args.seeds is not None else preset.get("seeds", [0])
+    k = args.k if args.k is not None else preset.loop.get("k", 1e-3)
+    r = args.retrain_every if args.retrain_every is not None else preset.loop.get("retrain_every", 50)
+    seeds = args.seeds if args.seeds is not None else preset.seeds
     extra = {} if args.budget is None else {"budget": args.budget}
     summaries, dirs = [], []
     cache: dict = {}

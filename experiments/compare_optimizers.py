@@ -34,7 +34,7 @@ DEFAULT_OPTIMIZERS = ("gp-ei", "random", "thompson", "trust-region-ei", "trust-r
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    ap.add_argument("task", choices=sorted(registry.REGISTRY))
+    ap.add_argument("task", choices=sorted(registry.TASKS))
     ap.add_argument("--preset", default="smoke")
     ap.add_argument("--optimizers", nargs="+", choices=registry.OPTIMIZERS,
                     default=list(DEFAULT_OPTIMIZERS))  # fmt: skip
@@ -44,9 +44,8 @@ def parse_args(argv):
     ap.add_argument("--no-plain", action="store_true", help="skip the plain-LSO row")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    entry = registry.get(args.task)
-    if args.preset not in entry.presets:
-        ap.error(f"task {args.task!r} has presets {sorted(entry.presets)}, not {args.preset!r}")
+    if args.preset not in registry.presets(args.task):
+        ap.error(f"task {args.task!r} has presets {list(registry.presets(args.task))}, not {args.preset!r}")
     if args.budget is not None and args.budget < 1:
         ap.error("--budget must be >= 1")
     return args
@@ -54,19 +53,18 @@ def parse_args(argv):
 
 def main(argv=None) -> str:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    entry = registry.get(args.task)
-    preset = entry.presets[args.preset]
-    seeds = args.seeds if args.seeds is not None else preset.get("seeds", [0])
+    preset = registry.get_config(args.task, args.preset)
+    seeds = args.seeds if args.seeds is not None else preset.seeds
     base = {} if args.budget is None else {"budget": args.budget}
     root = args.workdir / "compare" / args.task / args.preset
     rows = []
     if not args.no_plain:
         rows.append(("plain LSO", "gp-ei", dict(base, k=math.inf, retrain_every=None)))
     for name in args.optimizers:
-        if name == "constrained-ei" and entry.constraint is None:
+        if name == "constrained-ei" and not hasattr(registry.configs(args.task), "constraint"):
             print(f"skipping constrained-ei: task {args.task!r} defines no constraint")
             continue
-        if name == "grid" and preset.get("optimizer") != "grid":
+        if name == "grid" and preset.optimizer != "grid":
             continue
         rows.append((f"WR + {name}", name, dict(base)))
     cache: dict = {}

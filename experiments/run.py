@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from experiments import tasks as registry
+from experiments.configs import RunConfig
 from wrjax import LSOConfig, format_k, metrics, run
 
 _LSO_FIELDS = {f.name for f in dataclasses.fields(LSOConfig)}
@@ -39,21 +40,25 @@ def group_name(preset: str, budget: int, optimizer: str) -> str:
     return f"{preset}-b{int(budget)}-{optimizer}"
 
 
-def resolve_options(task_name: str, preset: str, overrides: dict) -> dict:
-    """The preset's options with ``overrides`` applied (``seeds`` dropped)."""
-    entry = registry.get(task_name)
-    if preset not in entry.presets:
-        raise ValueError(f"task {task_name!r} has presets {sorted(entry.presets)}, not {preset!r}")
-    options = {**entry.presets[preset], **overrides}
-    options.pop("seeds", None)
-    return options
+def resolve_config(task_name: str, preset: str, overrides: dict) -> RunConfig:
+    """The preset's :class:`RunConfig` with the command line's ``overrides`` applied:
+    ``optimizer`` replaces the optimiser, the others (``k``, ``retrain_every``, ``budget``,
+    ...) are :class:`wrjax.LSOConfig` fields of ``config.loop``."""
+    config = registry.get_config(task_name, preset)
+    loop = dict(overrides)
+    optimizer = loop.pop("optimizer", None)
+    if unknown := sorted(set(loop) - _LSO_FIELDS):
+        raise ValueError(f"not LSOConfig fields: {unknown}")
+    config = config.with_loop(**loop)
+    return config if optimizer is None else dataclasses.replace(config, optimizer=optimizer)
 
 
 def setting_dir(workdir: Path, task_name: str, preset: str, overrides: dict) -> Path:
     """``WORKDIR/TASK/GROUP/SETTING``: where the seeds of one setting go."""
-    o = resolve_options(task_name, preset, overrides)
-    group = group_name(preset, o.get("budget", LSOConfig.budget), o.get("optimizer", "gp-ei"))
-    return Path(workdir) / task_name / group / setting_name(o.get("k", 1e-3), o.get("retrain_every"))
+    c = resolve_config(task_name, preset, overrides)
+    group = group_name(preset, c.loop.get("budget", LSOConfig.budget), c.optimizer)
+    return Path(workdir) / task_name / group / setting_name(c.loop.get("k", 1e-3),
+                                                             c.loop.get("retrain_every"))
 
 
 def parse_retrain(value: str) -> int | None:
@@ -63,31 +68,24 @@ def parse_retrain(value: str) -> int | None:
 def run_setting(task_name: str, preset: str, overrides: dict, seeds, workdir: Path,
                 *, progress: bool = True, task_cache: dict | None = None) -> list[dict]:
     """Run one setting over seeds; returns the per-seed summaries."""
-    entry = registry.get(task_name)
-    options = resolve_options(task_name, preset, overrides)
+    config = resolve_config(task_name, preset, overrides)
     base = setting_dir(workdir, task_name, preset, overrides)
-    optimizer_opts = {k: options.pop(k) for k in ("optimizer", "bo") if k in options}
-    if optimizer_opts.get("optimizer") == "constrained-ei" and entry.constraint is not None:
-        optimizer_opts["constraint"] = entry.constraint(**{
-            k: v for k, v in options.items() if k not in _LSO_FIELDS})  # fmt: skip
-    cfg_fields = {k: v for k, v in options.items() if k in _LSO_FIELDS}
-    builder_opts = {k: v for k, v in options.items() if k not in _LSO_FIELDS}
-    name = setting_name(cfg_fields.get("k", 1e-3), cfg_fields.get("retrain_every"))
+    constraint = (registry.constraint(task_name, config) if config.optimizer == "constrained-ei"
+                  else None)  # fmt: skip
+    name = base.name
     task_cache = {} if task_cache is None else task_cache
     summaries = []
     for seed in seeds:
-        config = LSOConfig(**cfg_fields, seed=int(seed))
-        cache_key = (task_name, preset, cfg_fields.get("k"))
+        lso_config = config.lso_config(seed)
+        cache_key = (task_name, preset, config.loop.get("k"))
         if cache_key not in task_cache:
             # The task's own randomness (e.g. pretraining) is fixed; only the run varies.
-            task_cache[cache_key] = entry.build(
-                jax.random.key(10_000), preset, k=cfg_fields.get("k"), **builder_opts
-            )
+            task_cache[cache_key] = registry.build_task(task_name, jax.random.key(10_000), config)
         task = task_cache[cache_key]
-        optimizer = registry.make_optimizer(task, **optimizer_opts)
+        optimizer = registry.make_optimizer(task, config.optimizer, config.bo, constraint)
         out = base / f"seed{seed}"
         t0 = time.time()
-        result = run(jax.random.key(int(seed)), task, config, optimizer=optimizer, workdir=out,
+        result = run(jax.random.key(int(seed)), task, lso_config, optimizer=optimizer, workdir=out,
                      progress=progress)  # fmt: skip
         summary = dict(result.summary, seed=int(seed), setting=name, dir=str(out),
                        wall_seconds=time.time() - t0)
@@ -123,20 +121,19 @@ def format_table(summaries: list[dict]) -> str:
 
 def preset_names() -> list[str]:
     """Every task's preset names (the ``--preset`` choices; a task may lack some)."""
-    return sorted({p for e in registry.REGISTRY.values() for p in e.presets})
+    return sorted({p for t in registry.TASKS for p in registry.presets(t)})
 
 
 def preset_help() -> str:
     return "presets per task: " + "; ".join(
-        f"{t}: {', '.join(e.presets)}" for t, e in sorted(registry.REGISTRY.items()))
+        f"{t}: {', '.join(registry.presets(t))}" for t in sorted(registry.TASKS))
 
 
-def check_preset(ap: argparse.ArgumentParser, task: str, preset: str) -> dict:
-    """The preset's options, or a usage error (exit 2) if the task has no such preset."""
-    presets = registry.REGISTRY[task].presets
-    if preset not in presets:
-        ap.error(f"task {task!r} has no preset {preset!r}; choose from {', '.join(presets)}")
-    return presets[preset]
+def check_preset(ap: argparse.ArgumentParser, task: str, preset: str) -> RunConfig:
+    """The preset's config, or a usage error (exit 2) if the task has no such preset."""
+    if preset not in registry.presets(task):
+        ap.error(f"task {task!r} has no preset {preset!r}; choose from {', '.join(registry.presets(task))}")
+    return registry.get_config(task, preset)
 
 
 def positive_int(value: str) -> int:
@@ -157,7 +154,7 @@ def user_errors():
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=preset_help())  # fmt: skip
-    ap.add_argument("task", choices=sorted(registry.REGISTRY))
+    ap.add_argument("task", choices=sorted(registry.TASKS))
     ap.add_argument("--preset", default="smoke", choices=preset_names())
     ap.add_argument("--k", type=float, help="rank-weighting k (inf = no weighting)")
     ap.add_argument("--retrain-every", type=parse_retrain, default=argparse.SUPPRESS,
@@ -180,7 +177,7 @@ def main(argv=None):
         overrides["budget"] = args.budget
     if args.optimizer is not None:
         overrides["optimizer"] = args.optimizer
-    seeds = args.seeds if args.seeds is not None else preset.get("seeds", [0])
+    seeds = args.seeds if args.seeds is not None else preset.seeds
     try:
         summaries = run_setting(args.task, args.preset, overrides, seeds, args.workdir,
                                 progress=not args.no_progress)  # fmt: skip

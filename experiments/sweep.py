@@ -48,7 +48,7 @@ def run_job(task: str, preset: str, overrides: dict, seed: int, workdir: str) ->
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    ap.add_argument("task", choices=sorted(registry.REGISTRY))
+    ap.add_argument("task", choices=sorted(registry.TASKS))
     ap.add_argument("--preset", default="smoke", choices=preset_names())
     ap.add_argument("--k", type=float)
     ap.add_argument("--retrain-every", type=parse_retrain)
@@ -80,9 +80,9 @@ def parse_args(argv):
 
 
 def jobs_of(args, preset) -> list[tuple[str, str, dict, int, str]]:
-    k = args.k if args.k is not None else preset.get("k", 1e-3)
-    r = args.retrain_every if args.retrain_every is not None else preset.get("retrain_every", 50)
-    seeds = args.seeds if args.seeds is not None else preset.get("seeds", [0])
+    k = args.k if args.k is not None else preset.loop.get("k", 1e-3)
+    r = args.retrain_every if args.retrain_every is not None else preset.loop.get("retrain_every", 50)
+    seeds = args.seeds if args.seeds is not None else preset.seeds
     extra = {} if args.budget is None else {"budget": args.budget}
     return [(args.task, args.preset, {"k": kk, "retrain_every": rr, **extra}, int(s), str(args.workdir))
             for kk, rr in ablation_settings(k, r, args.extra_k) for s in seeds]  # fmt: skip
@@ -110,9 +110,9 @@ def _run_ray(jobs, args):
 
 def report(args, preset) -> str:
     """The ablation table and plot from the finished seeds (as ``ablation --report-only``)."""
-    k = args.k if args.k is not None else preset.get("k", 1e-3)
-    r = args.retrain_every if args.retrain_every is not None else preset.get("retrain_every", 50)
-    seeds = args.seeds if args.seeds is not None else preset.get("seeds", [0])
+    k = args.k if args.k is not None else preset.loop.get("k", 1e-3)
+    r = args.retrain_every if args.retrain_every is not None else preset.loop.get("retrain_every", 50)
+    seeds = args.seeds if args.seeds is not None else preset.seeds
     extra = {} if args.budget is None else {"budget": args.budget}
     summaries, dirs, sdir = [], [], None
     for kk, rr in ablation_settings(k, r, args.extra_k):
