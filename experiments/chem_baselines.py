@@ -5,7 +5,7 @@ A latent-space optimiser's result is evidence only beside these:
 
 * ``random``: points drawn uniformly in the box the BO searches (the authors' ``+- 1.1 x
   q99.9 |z|`` of the encoded data), greedily decoded, kept when valid and novel, evaluated;
-* ``ga``: :func:`wrjax.tasks.chem_ga.run_ga`, started from the best molecules of the same data.
+* ``ga``: :func:`wrjax.tasks.chem.ga.run_ga`, started from the best molecules of the same data.
 
 Both use the optimisation data of the chemistry task (the whole ZINC250k training split and its
 scores) and the same novelty rule (new = not in the training split and not queried before), and
@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 from wrjax import acquisition
 from wrjax.checkpoint import atomic_write_bytes
 from wrjax.metrics import mean_and_stderr, topk_curves
-from wrjax.tasks import chem, chem_ga
-from wrjax.tasks import chem_model as cm
+from wrjax.tasks import chem
+from wrjax.tasks.chem import ga as chem_ga
+from wrjax.tasks.chem import model as cm
 
 _ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = _ROOT / "runs" / "chem-baselines"
@@ -52,7 +53,7 @@ def parse_args(argv):
     p.add_argument("--method", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--budget", type=int, default=500)
-    p.add_argument("--checkpoint", type=Path, default=cm.GRU_CHECKPOINT, help="for random")
+    p.add_argument("--checkpoint", default="gru", help="for random: a path or a shipped name")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--report", action="store_true", help="tabulate finished runs; run nothing")
     args = p.parse_args(argv)

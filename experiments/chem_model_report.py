@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from wrjax.tasks import chem
-from wrjax.tasks import chem_model as cm
+from wrjax.tasks.chem import model as cm
 
 _ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = _ROOT / "experiments" / "results" / "chem" / "model_report.json"
@@ -43,7 +43,7 @@ DEFAULT_OUT = _ROOT / "experiments" / "results" / "chem" / "model_report.json"
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, default=cm.GRU_CHECKPOINT)
+    p.add_argument("--checkpoint", default="gru", help="a path or a shipped name (gru, cpu)")
     p.add_argument("--num", type=int, default=1000, help="test molecules and prior samples")
     p.add_argument("--eps", type=float, default=0.1, help="latent noise scale")
     p.add_argument("--seed", type=int, default=0)

@@ -23,8 +23,10 @@ import numpy as np
 import pytest
 import selfies as sf
 
+from wrjax import paths
 from wrjax.tasks import chem
-from wrjax.tasks import chem_model as cm
+from wrjax.tasks.chem import model as cm
+from wrjax.tasks.chem import pretrain as cp
 
 # name: (smiles, score without floor, logP, SA, cycle)
 REFERENCE = {
@@ -152,7 +154,7 @@ def test_zinc_terms_cache(tmp_path, monkeypatch):
     def boom(_):
         raise AssertionError("recomputed although the cache is valid")
 
-    monkeypatch.setattr(chem, "plogp_terms", boom)
+    monkeypatch.setattr(chem.data, "plogp_terms", boom)
     scores = chem.zinc_scores(data_dir=data, cache_dir=cache, floor=None, progress=False)
     want = [REFERENCE[n][1] for n in ("benzene", "caffeine", "macro30")]
     np.testing.assert_allclose(scores[:3], want, rtol=0, atol=2e-5)
@@ -168,7 +170,7 @@ def test_zinc_terms_cache(tmp_path, monkeypatch):
 
 
 def test_shipped_zinc_scores_match_direct_computation():
-    if not (chem.CACHE_DIR / "zinc250k_plogp_terms.npy").exists():
+    if not (paths.cache_dir("chem") / "zinc250k_plogp_terms.npy").exists():
         pytest.fail("the shipped cache checkpoints/chem/zinc250k_plogp_terms.npy is missing")
     test_smiles = chem.load_zinc("test")
     scores = chem.zinc_scores("test", progress=False)
@@ -387,7 +389,7 @@ def test_pretrain_learns_and_decodes_valid_molecules(key, zinc_sample, tmp_path)
     tokens = chem.encode_selfies(smiles, vocab, max_len=72)
     config = _tiny_config(vocab.size, max_len=72)
     k_train, k_sample = jax.random.split(key)
-    state, info = cm.pretrain(
+    state, info = cp.pretrain(
         k_train,
         tokens,
         config=config,
@@ -420,9 +422,9 @@ def test_weighted_pretrain_needs_scores(key):
     config = _tiny_config(vocab_size=4)
     tokens = np.zeros((8, 12), np.int32)
     with pytest.raises(ValueError, match="finite k needs scores"):
-        cm.pretrain(key, tokens, config=config, num_steps=1, k=1e-3, progress=False)
+        cp.pretrain(key, tokens, config=config, num_steps=1, k=1e-3, progress=False)
     with pytest.raises(ValueError, match="tokens must be"):
-        cm.pretrain(key, tokens[:, :5], config=config, num_steps=1, progress=False)
+        cp.pretrain(key, tokens[:, :5], config=config, num_steps=1, progress=False)
 
 
 def test_sample_metrics():
@@ -433,9 +435,7 @@ def test_sample_metrics():
 
 
 def test_shipped_checkpoint_reconstructs():
-    if not cm.DEFAULT_CHECKPOINT.with_suffix(".msgpack").exists():
-        pytest.fail("the shipped checkpoint checkpoints/chem/selfies_vae_cpu is missing")
-    pre = cm.load_checkpoint()
+    pre = cm.load_checkpoint()  # the default, the shipped selfies_vae_cpu
     assert pre.vocab.size == pre.config.vocab_size
     smiles = chem.load_zinc("test")[:200]
     tokens, ok = chem.try_encode_selfies(smiles, pre.vocab, max_len=pre.config.max_len)

@@ -13,8 +13,10 @@ import selfies as sf
 from rdkit import Chem
 
 from wrjax import vae
-from wrjax.tasks import chem, chem_ga
-from wrjax.tasks import chem_model as cm
+from wrjax.tasks import chem
+from wrjax.tasks.chem import ga as chem_ga
+from wrjax.tasks.chem import model as cm
+from wrjax.tasks.chem import pretrain as cp
 
 
 def _ar_config(vocab_size, max_len=10):
@@ -143,16 +145,47 @@ def test_pretrain_resumes_exactly(small_data, key):
         chunk_steps=2, free_bits=0.1, progress=False,
     )
     saved = []
-    whole, info = cm.pretrain(key, tokens, **common, on_chunk=lambda s, i: saved.append(s))
+    whole, info = cp.pretrain(key, tokens, **common, on_chunk=lambda s, i: saved.append(s))
     assert info.step == [2, 4, 6] and len(saved) == 3
     # stop after the first chunk, resume from its state: the same parameters at the end
     first = saved[0]
-    partial_info = cm.PretrainInfo(*(list(f[:1]) for f in info))
-    resumed, info2 = cm.pretrain(key, tokens, **common, state=first, info=partial_info)
+    partial = vae.History(*(list(f[:1]) for f in info))
+    resumed, info2 = cp.pretrain(key, tokens, **common, state=first, history=partial)
     assert info2.step == [2, 4, 6]
     jax.tree.map(np.testing.assert_array_equal, resumed.params, whole.params)
     with pytest.raises(ValueError, match="history"):
-        cm.pretrain(key, tokens, **common, state=first)
+        cp.pretrain(key, tokens, **common, state=first)
+
+
+#: The arguments the shipped GRU model's training state recorded (the old script's session).
+_GRU_SESSION_ARGS = {
+    "preset": "gru", "max_len": None, "num_steps": None, "epochs": 30.0, "batch_size": 128,
+    "lr": 0.001, "lr_decay": False, "beta": 0.1, "warmup_steps": 4000, "clip_norm": 20.0,
+    "num_train": None, "time_limit": 7200.0, "chunk_steps": 200, "free_bits": 0.1,
+    "checkpoint_every": 600.0, "finalize": False, "fresh": False, "seed": 0, "num_eval": 2000,
+    "prior_samples": 1000, "processes": 2, "data_dir": None, "out": None,
+}
+_GRU_ARGV = ("chem --preset gru --epochs 30 --batch-size 128 --lr 1e-3 --beta 0.1 "
+             "--warmup-steps 4000 --free-bits 0.1 --chunk-steps 200 --checkpoint-every 600")
+
+
+def test_pretrain_subcommand_resumes_the_old_scripts_session(tmp_path):
+    """`experiments/pretrain.py chem` takes the old script's arguments: the recorded session
+    resumes (only the training arguments must match), a changed one is named, and a command
+    recorded under the old script's name counts as the same command."""
+    from experiments.pretrain import build_parser
+
+    parse = build_parser(["chem"]).parse_args
+    args = parse([*_GRU_ARGV.split(), "--time-limit", "60"])
+    assert cp.changed_training_args(_GRU_SESSION_ARGS, args) == []
+    changed = parse([*_GRU_ARGV.split(), "--lr", "2e-3"])
+    assert cp.changed_training_args(_GRU_SESSION_ARGS, changed) == ["lr"]
+    old = "python experiments/pretrain_chem.py " + _GRU_ARGV.removeprefix("chem ")
+    (tmp_path / "m.train.json").write_text(json.dumps({"commands": [old]}))
+    same = "python experiments/pretrain.py " + _GRU_ARGV
+    assert cp.info_commands(tmp_path / "m.train", same) == [old]
+    other = "python experiments/pretrain.py " + _GRU_ARGV + " --time-limit 60"
+    assert cp.info_commands(tmp_path / "m.train", other) == [old, other]
 
 
 def test_chem_model_encodes_and_decodes(small_data, key, tmp_path):
@@ -196,7 +229,7 @@ def test_capped_objective_floors_a_39_atom_molecule():
 def test_capped_task_counts_the_oversized_molecule(monkeypatch):
     """In the chemistry task the 39-atom molecule is valid, becomes a data row and scores the
     floor: an evaluation that counts toward the budget, not a free retry."""
-    from wrjax.tasks.chem_task import make_chem_task
+    from wrjax.tasks.chem import make_chem_task
 
     task = make_chem_task(jax.random.key(0), num_initial=50, objective="plogp_capped")
     big = "C" * 39

@@ -14,8 +14,8 @@ from rdkit.Contrib.SA_Score import sascorer
 from wrjax import lso
 from wrjax.bo import BOConfig
 from wrjax.tasks import chem
-from wrjax.tasks import chem_model as cm
-from wrjax.tasks.chem_task import decode_latents, make_chem_task, smiles_to_row
+from wrjax.tasks.chem import model as cm
+from wrjax.tasks.chem import decode_latents, make_chem_task, smiles_to_row
 
 N0 = 300
 NUM_TRAIN = 220_011  # the JT-VAE training split

@@ -1,8 +1,8 @@
 """The SELFIES sequence VAE of the chemical-design task (a JAX stand-in for the JT-VAE).
 
 The paper optimises in the latent space of a pretrained JT-VAE. Ours is a sequence VAE over
-SELFIES tokens (:mod:`wrjax.tasks.chem` builds them), so every decoded token sequence is a
-valid molecule. It follows the ``wrjax.vae`` model interface:
+SELFIES tokens (:mod:`wrjax.tasks.chem.selfies` builds them), so every decoded token
+sequence is a valid molecule. It follows the ``wrjax.vae`` model interface:
 
 * ``encode(x) -> (mean, logvar)``, each ``(B, D)`` float32. ``x`` is ``(B, L)`` int token
   ids (``STOP_ID = 0`` pads after the molecule) or ``(B, L, V)`` one-hot/probabilities;
@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import time
+import os
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -42,18 +42,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from wrjax.checkpoint import load_metadata, load_pytree, save_pytree
-from wrjax.tasks import chem
-from wrjax.typing import PyTree
-from wrjax.vae import (
-    TrainState,
-    categorical_log_likelihood,
-    encode_mean,
-    fit,
-    init_train_state,
-    make_train_step,
+from wrjax import checkpoint, paths
+from wrjax.tasks.chem.molecules import canonical_smiles
+from wrjax.tasks.chem.novelty import NoveltyChecker, novelty_key
+from wrjax.tasks.chem.selfies import (
+    DEFAULT_MAX_LEN,
+    STOP_ID,
+    SelfiesVocab,
+    decode_tokens,
+    selfies_to_tokens,
+    to_selfies_batch,
 )
-from wrjax.weighting import rank_weights
+from wrjax.typing import PyTree
+from wrjax.vae import categorical_log_likelihood, encode_mean, make_train_step
 
 __all__ = [
     "LATENT_DIM",
@@ -80,27 +81,25 @@ __all__ = [
     "reconstruction_metrics",
     "SampleMetrics",
     "sample_metrics",
-    "PretrainInfo",
-    "pretrain",
-    "pretrain_optimizer",
     "Pretrained",
     "save_checkpoint",
     "load_checkpoint",
     "ChemModel",
     "load_model",
-    "GRU_CHECKPOINT",
     "SHIPPED",
     "resolve_checkpoint",
 ]
 
 _F32 = jnp.float32
 LATENT_DIM = 56  # the authors' JT-VAE latent size
-#: The first CPU model (parallel decoder): kept for the results recorded with it.
-CPU_CHECKPOINT = chem.CACHE_DIR / "selfies_vae_cpu"
-#: The reconstructing model (:func:`gru_config`), trained by ``experiments/pretrain_chem.py
-#: --preset gru`` (its JSON records the commands, epochs and wall time).
-GRU_CHECKPOINT = chem.CACHE_DIR / "selfies_gru_vae"
-DEFAULT_CHECKPOINT = CPU_CHECKPOINT
+#: The shipped models by short name (usable wherever a checkpoint is taken), found by
+#: :func:`wrjax.paths.shipped_checkpoint`: ``"cpu"`` the first CPU model (parallel decoder),
+#: kept for the results recorded with it; ``"gru"`` the reconstructing model
+#: (:func:`gru_config`), trained by ``experiments/pretrain.py chem --preset gru`` (its JSON
+#: records the commands, epochs and wall time).
+SHIPPED = {"cpu": "selfies_vae_cpu", "gru": "selfies_gru_vae"}
+#: The task's default checkpoint (the model the recorded chemistry ablation used).
+DEFAULT_CHECKPOINT = "cpu"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +112,7 @@ class SelfiesVAEConfig:
     """Static hyperparameters of :class:`SelfiesVAE` (hashable; saved with checkpoints)."""
 
     vocab_size: int
-    max_len: int = chem.DEFAULT_MAX_LEN
+    max_len: int = DEFAULT_MAX_LEN
     latent_dim: int = LATENT_DIM
     embed_dim: int = 32
     conv_features: tuple[int, ...] = (64, 64, 128)
@@ -153,7 +152,7 @@ class SelfiesVAEConfig:
         return cls(**d)
 
 
-def cpu_config(vocab_size: int, *, max_len: int = chem.DEFAULT_MAX_LEN) -> SelfiesVAEConfig:
+def cpu_config(vocab_size: int, *, max_len: int = DEFAULT_MAX_LEN) -> SelfiesVAEConfig:
     """The fast default: about 1.1M parameters (4.4 MB); a ``fit`` step of batch 128 takes
     about 0.2 s on the 2 shared CPU cores of our machine."""
     return SelfiesVAEConfig(vocab_size=vocab_size, max_len=max_len)
@@ -444,7 +443,7 @@ def step_mask(tokens: jax.Array) -> jax.Array:
     ``mask[:, 0] = 1`` and ``mask[:, t] = 1`` iff no stop occurs before ``t``; a sequence of
     full length ``L`` has no stop and every position counts.
     """
-    no_stop_yet = jnp.cumprod((tokens != chem.STOP_ID).astype(jnp.int32), axis=1)
+    no_stop_yet = jnp.cumprod((tokens != STOP_ID).astype(jnp.int32), axis=1)
     first = jnp.ones((tokens.shape[0], 1), jnp.int32)
     return jnp.concatenate([first, no_stop_yet[:, :-1]], axis=1).astype(_F32)
 
@@ -533,7 +532,7 @@ def decode_smiles(
     model: SelfiesVAE,
     params: PyTree,
     z: jax.Array,
-    vocab: chem.SelfiesVocab,
+    vocab: SelfiesVocab,
     *,
     batch_size: int = 1024,
 ) -> list[str]:
@@ -543,14 +542,14 @@ def decode_smiles(
     """
     if vocab.size != model.config.vocab_size:
         raise ValueError(f"vocab has {vocab.size} symbols, the model {model.config.vocab_size}")
-    return chem.decode_tokens(_batched_tokens(model, params, z, batch_size), vocab)
+    return decode_tokens(_batched_tokens(model, params, z, batch_size), vocab)
 
 
 def sample_prior_smiles(
     key: jax.Array,
     model: SelfiesVAE,
     params: PyTree,
-    vocab: chem.SelfiesVocab,
+    vocab: SelfiesVocab,
     num_samples: int,
 ) -> list[str]:
     """Greedy decodes of ``num_samples`` draws from the prior ``N(0, I)``."""
@@ -571,7 +570,7 @@ def reconstruction_metrics(
     model: SelfiesVAE,
     params: PyTree,
     tokens: np.ndarray,
-    vocab: chem.SelfiesVocab,
+    vocab: SelfiesVocab,
     *,
     batch_size: int = 1024,
 ) -> ReconstructionMetrics:
@@ -587,8 +586,8 @@ def reconstruction_metrics(
     token_acc = right.sum() / mask.sum()
     seq_acc = (right == mask).all(axis=1).mean()
     iso = vocab.isomeric
-    truth = [chem.canonical_smiles(s, isomeric=iso) for s in chem.decode_tokens(tokens, vocab)]
-    got = [chem.canonical_smiles(s, isomeric=iso) for s in chem.decode_tokens(pred, vocab)]
+    truth = [canonical_smiles(s, isomeric=iso) for s in decode_tokens(tokens, vocab)]
+    got = [canonical_smiles(s, isomeric=iso) for s in decode_tokens(pred, vocab)]
     mol_acc = np.mean([t is not None and t == g for t, g in zip(truth, got)])
     return ReconstructionMetrics(float(token_acc), float(seq_acc), float(mol_acc), len(tokens))
 
@@ -602,9 +601,9 @@ class SampleMetrics(NamedTuple):
     num: int
 
 
-def sample_metrics(smiles: Sequence[str], known: chem.NoveltyChecker) -> SampleMetrics:
+def sample_metrics(smiles: Sequence[str], known: NoveltyChecker) -> SampleMetrics:
     """Validity, uniqueness and novelty (against ``known``) of decoded molecules."""
-    keys = [chem.novelty_key(s) for s in smiles]
+    keys = [novelty_key(s) for s in smiles]
     valid = [k for k in keys if k is not None]
     distinct = set(valid)
     novel = [k for k in distinct if known.is_novel(k)]
@@ -618,162 +617,6 @@ def sample_metrics(smiles: Sequence[str], known: chem.NoveltyChecker) -> SampleM
 
 
 # ---------------------------------------------------------------------------------------------
-# Pretraining
-# ---------------------------------------------------------------------------------------------
-
-
-class PretrainInfo(NamedTuple):
-    """History of :func:`pretrain`, one entry per chunk of ``chunk_steps`` updates."""
-
-    step: list[int]  # updates done at the end of the chunk
-    loss: list[float]  # mean weighted -ELBO over the chunk
-    log_lik: list[float]
-    kl: list[float]
-    beta: list[float]
-    seconds: list[float]  # wall time since the start (includes compilation)
-
-
-def pretrain(
-    key: jax.Array,
-    tokens: np.ndarray,
-    *,
-    config: SelfiesVAEConfig,
-    num_steps: int,
-    batch_size: int = 128,
-    learning_rate: float = 1e-3,
-    beta: float = 0.1,
-    warmup_steps: int = 0,
-    clip_norm: float | None = 20.0,
-    lr_decay: bool = False,
-    k: float = math.inf,
-    scores: np.ndarray | None = None,
-    params: PyTree | None = None,
-    chunk_steps: int = 100,
-    progress: bool = True,
-    time_limit_s: float | None = None,
-    free_bits: float = 0.0,
-    state: TrainState | None = None,
-    info: PretrainInfo | None = None,
-    on_chunk: Callable[[TrainState, PretrainInfo], None] | None = None,
-    mesh: jax.sharding.Mesh | None = None,
-) -> tuple[TrainState, PretrainInfo]:
-    """Train the SELFIES VAE on ``tokens (N, L)`` with the (weighted) ELBO of ``wrjax.vae``.
-
-    Args:
-      key: PRNG key (split into the initialisation and one key per chunk).
-      tokens: ``(N, max_len)`` int token ids (from :func:`wrjax.tasks.chem.encode_selfies`).
-      config: the model; ``config.max_len`` must equal ``tokens.shape[1]``.
-      num_steps: number of updates (one epoch is ``ceil(N / batch_size)``).
-      batch_size, learning_rate, clip_norm: Adam with gradient clipping.
-      beta: final KL weight; ``warmup_steps`` > 0 anneals it linearly from 0.
-      lr_decay: cosine decay of the learning rate to 10% over ``num_steps``.
-      k: rank-weighting strength; ``inf`` (default, as the authors' chemistry pretraining)
-        is uniform. Finite ``k`` needs ``scores`` and weights the loss by eq. 3.
-      params: initial parameters (continue training) instead of a fresh init.
-      chunk_steps: updates per compiled ``fit`` call (the granularity of the history, the
-        progress line and ``time_limit_s``).
-      time_limit_s: stop after the chunk that passes this wall time (of this call).
-      free_bits: KL floor in nats per latent dimension (``wrjax.vae.free_bits_kl``).
-      state, info: a :class:`TrainState` and history to *resume* from (written by a previous
-        call's ``on_chunk``); training continues at ``state.step`` up to ``num_steps``. The
-        minibatches of chunk ``c`` come from ``fold_in(key, c)``, so a resumed run draws the
-        same batches as an uninterrupted one.
-      on_chunk: called after every chunk with the state and history (e.g. to checkpoint).
-      mesh: data-parallel training over this device mesh (:mod:`wrjax.parallel`): state and
-        data replicated, each minibatch split over the devices; ``batch_size`` must divide
-        by the device count. ``None``: the default device.
-
-    Returns:
-      ``(TrainState, PretrainInfo)``.
-    """
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 2 or tokens.shape[1] != config.max_len:
-        raise ValueError(f"tokens must be (N, {config.max_len}), got {tokens.shape}")
-    if tokens.shape[0] == 0:
-        raise ValueError("no training data")
-    if tokens.min() < 0 or tokens.max() >= config.vocab_size:
-        raise ValueError(f"token ids must be in [0, {config.vocab_size})")
-    if num_steps < 1 or batch_size < 1 or chunk_steps < 1:
-        raise ValueError("num_steps, batch_size and chunk_steps must be >= 1")
-    if math.isinf(k):
-        weights = jnp.ones((tokens.shape[0],), _F32)
-    else:
-        if scores is None or np.shape(scores) != (tokens.shape[0],):
-            raise ValueError("a finite k needs scores of shape (N,)")
-        weights = rank_weights(jnp.asarray(scores, _F32), k)
-
-    init_key, train_key = jax.random.split(key)
-    model = SelfiesVAE(config)
-    optimizer = pretrain_optimizer(
-        learning_rate, num_steps=num_steps, lr_decay=lr_decay, clip_norm=clip_norm
-    )
-    if state is None:
-        first = init_params(init_key, config) if params is None else params
-        state = init_train_state(first, optimizer)
-        info = PretrainInfo([], [], [], [], [], [])
-    elif info is None:
-        raise ValueError("resuming needs the history (info) saved with the state")
-    step_fn = make_chem_train_step(
-        model, optimizer, beta=kl_warmup(beta, warmup_steps), free_bits=free_bits
-    )
-    data = jnp.asarray(tokens, jnp.int32)
-    sharding = None
-    if mesh is not None:
-        from wrjax import parallel
-
-        if batch_size % mesh.size:
-            raise ValueError(f"batch_size {batch_size} must divide by the {mesh.size} devices")
-        state, data = parallel.replicate((state, data), mesh)
-        weights = parallel.replicate(weights, mesh)
-        sharding = parallel.batch_sharding(mesh)
-
-    start = time.perf_counter()
-    offset = info.seconds[-1] if info.seconds else 0.0  # wall time of earlier calls
-    done = int(state.step)
-    while done < num_steps:
-        n = min(chunk_steps, num_steps - done)
-        chunk_key = jax.random.fold_in(train_key, done)
-        state, ti = fit(
-            chunk_key, state, step_fn, data, weights, num_steps=n, batch_size=batch_size,
-            batch_sharding=sharding,
-        )
-        ti = jax.tree.map(np.asarray, ti)
-        done += n
-        info.step.append(done)
-        info.loss.append(float(ti.loss.mean()))
-        info.log_lik.append(float(ti.log_lik.mean()))
-        info.kl.append(float(ti.kl.mean()))
-        info.beta.append(float(ti.beta[-1]))
-        info.seconds.append(offset + time.perf_counter() - start)
-        if progress:
-            print(
-                f"step {done:6d}/{num_steps}  loss {info.loss[-1]:8.3f}  "
-                f"log_lik {info.log_lik[-1]:8.3f}  kl {info.kl[-1]:7.2f}  "
-                f"beta {info.beta[-1]:.3g}  {info.seconds[-1]:7.1f}s",
-                flush=True,
-            )
-        if not np.isfinite(info.loss[-1]):
-            raise FloatingPointError(f"non-finite loss at step {done}")
-        if on_chunk is not None:
-            on_chunk(state, info)
-        if time_limit_s is not None and time.perf_counter() - start >= time_limit_s:
-            break
-    return state, info
-
-
-def pretrain_optimizer(
-    learning_rate: float,
-    *,
-    num_steps: int,
-    lr_decay: bool = False,
-    clip_norm: float | None = 20.0,
-) -> optax.GradientTransformation:
-    """The optimiser :func:`pretrain` uses (also to rebuild its state's structure on resume)."""
-    lr = optax.cosine_decay_schedule(learning_rate, num_steps, 0.1) if lr_decay else learning_rate
-    return make_optimizer(lr, clip_norm=clip_norm)
-
-
-# ---------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
 
@@ -783,52 +626,51 @@ class Pretrained(NamedTuple):
 
     model: SelfiesVAE
     params: PyTree
-    vocab: chem.SelfiesVocab
+    vocab: SelfiesVocab
     config: SelfiesVAEConfig
     metadata: dict
 
 
 def save_checkpoint(
-    path: str | Path,
+    path: str | os.PathLike,
     params: PyTree,
     config: SelfiesVAEConfig,
-    vocab: chem.SelfiesVocab,
-    metadata: dict | None = None,
+    vocab: SelfiesVocab,
+    record: dict | None = None,
 ) -> None:
-    """Save ``params`` (``PATH.msgpack``) with config, vocabulary and ``metadata`` (``.json``)."""
+    """Save ``params`` (``PATH.msgpack``) and the record (``PATH.json``) with
+    :func:`wrjax.checkpoint.save_model`: ``config`` is the model's, the vocabulary is saved
+    beside it (``"vocab"``) and ``record`` holds the rest (command, data, seconds, metrics)."""
     if vocab.size != config.vocab_size:
         raise ValueError("vocab and config disagree on the vocabulary size")
-    meta = dict(metadata or {})
-    meta["config"] = config.to_json()
-    meta["vocab"] = vocab.to_json()
-    save_pytree(path, params, meta)
+    record = {**(record or {}), "vocab": vocab.to_json()}
+    checkpoint.save_model(path, params, config=config.to_json(), record=record)
 
 
-#: Names of the shipped checkpoints, usable wherever a checkpoint path is taken.
-SHIPPED = {"cpu": CPU_CHECKPOINT, "gru": GRU_CHECKPOINT}
-
-
-def resolve_checkpoint(path: str | Path | None) -> Path:
-    """A checkpoint path from a path, a shipped name (``"gru"``, ``"cpu"``) or None (the
-    default, :data:`DEFAULT_CHECKPOINT`)."""
+def resolve_checkpoint(path: str | os.PathLike | None) -> Path:
+    """A checkpoint's stem path from a path, a shipped name (:data:`SHIPPED`: ``"gru"``,
+    ``"cpu"``, found by :func:`wrjax.paths.shipped_checkpoint`) or None (the default,
+    :data:`DEFAULT_CHECKPOINT`)."""
     if path is None:
-        return Path(DEFAULT_CHECKPOINT)
+        path = DEFAULT_CHECKPOINT
     if isinstance(path, str) and path in SHIPPED:
-        return Path(SHIPPED[path])
+        return paths.shipped_checkpoint("chem", SHIPPED[path])
     return Path(path)
 
 
-def load_checkpoint(path: str | Path | None = None) -> Pretrained:
+def _build(meta: dict) -> tuple[SelfiesVAE, PyTree]:
+    """``wrjax.checkpoint.load_model``'s ``build_fn``: the model and its params' shapes from
+    a record's ``"config"`` (both the current layout and the older shipped JSONs have it)."""
+    config = SelfiesVAEConfig.from_json(meta["config"])
+    return SelfiesVAE(config), jax.eval_shape(lambda: init_params(jax.random.key(0), config))
+
+
+def load_checkpoint(path: str | os.PathLike | None = None) -> Pretrained:
     """Load a checkpoint written by :func:`save_checkpoint`: a path, a shipped name
     (:data:`SHIPPED`) or None for :data:`DEFAULT_CHECKPOINT`."""
-    path = resolve_checkpoint(path)
-    meta = load_metadata(path)
-    config = SelfiesVAEConfig.from_json(meta["config"])
-    vocab = chem.SelfiesVocab.from_json(meta["vocab"])
-    target = jax.eval_shape(lambda: init_params(jax.random.key(0), config))
-    target = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), target)
-    params = load_pytree(path, target)
-    return Pretrained(SelfiesVAE(config), params, vocab, config, meta)
+    model, params, meta = checkpoint.load_model(resolve_checkpoint(path), _build)
+    vocab = SelfiesVocab.from_json(meta["vocab"])
+    return Pretrained(model, params, vocab, model.config, meta)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -857,8 +699,8 @@ class ChemModel:
     def tokens(self, smiles: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``(N, max_len)`` int32 token rows and an ``(N,)`` bool mask of the molecules that
         could be tokenised (valid, known symbols, at most ``max_len`` SELFIES symbols)."""
-        sel = chem.to_selfies_batch(list(smiles), isomeric=self.vocab.isomeric, progress=False)
-        return chem.selfies_to_tokens(sel, self.vocab, max_len=self.config.max_len)
+        sel = to_selfies_batch(list(smiles), isomeric=self.vocab.isomeric, progress=False)
+        return selfies_to_tokens(sel, self.vocab, max_len=self.config.max_len)
 
     def encode(
         self, smiles: Sequence[str], *, errors: str = "raise", batch_size: int = 1024
@@ -897,7 +739,7 @@ class ChemModel:
         return sample_prior_smiles(key, self.module, self.params, self.vocab, num_samples)
 
 
-def load_model(path: str | Path | None = "gru") -> ChemModel:
+def load_model(path: str | os.PathLike | None = "gru") -> ChemModel:
     """Load a checkpoint as a :class:`ChemModel`: a path or a shipped name; default the
     reconstructing GRU model (``"gru"``), ``None`` for :data:`DEFAULT_CHECKPOINT` (the
     model the recorded chemistry ablation used)."""

@@ -29,7 +29,8 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 import numpy as np
 import selfies as sf
 
-from wrjax.tasks import chem
+from wrjax.tasks.chem.novelty import novelty_key
+from wrjax.tasks.chem.selfies import ZINC_MAX_SELFIES_LEN, to_selfies
 
 __all__ = ["GAConfig", "GARecord", "mutate", "crossover", "run_ga"]
 
@@ -49,7 +50,7 @@ class GAConfig:
     crossover_rate: float = 0.5
     max_mutations: int = 3
     parent_k: float = 1e-3  # rank-weight strength for parent selection (eq. 3)
-    max_symbols: int = chem.ZINC_MAX_SELFIES_LEN
+    max_symbols: int = ZINC_MAX_SELFIES_LEN
     max_tries: int = 100  # draws per wanted child before a generation gives up
 
     def __post_init__(self):
@@ -156,7 +157,7 @@ def run_ga(
         raise ValueError("the GA needs at least 2 initial molecules with finite scores")
     rng = np.random.default_rng(seed)
     best = finite[np.argsort(-scores[finite], kind="stable")[: config.population]]
-    pop = [(chem.to_selfies(initial_smiles[i]), float(scores[i])) for i in best]
+    pop = [(to_selfies(initial_smiles[i]), float(scores[i])) for i in best]
     pop = [(list(sf.split_selfies(s)), y) for s, y in pop if s]
     if alphabet is None:
         used = {t for s, _ in pop for t in s}
@@ -177,7 +178,7 @@ def run_ga(
             if not symbols or len(symbols) > config.max_symbols:
                 continue
             smiles = sf.decoder("".join(symbols))
-            key = chem.novelty_key(smiles) if smiles else None
+            key = novelty_key(smiles) if smiles else None
             if key is None or key in known:
                 continue
             known.add(key)

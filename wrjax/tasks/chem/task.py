@@ -1,8 +1,8 @@
 """The chemical-design task (paper §6.3) wired into the retraining loop.
 
-:func:`make_chem_task` returns a :class:`wrjax.lso.Task` built from the pieces in
-:mod:`wrjax.tasks.chem` (data, penalized logP, SELFIES, novelty) and
-:mod:`wrjax.tasks.chem_model` (the pretrained SELFIES VAE):
+:func:`make_chem_task` returns a :class:`wrjax.Task` built from the pieces of
+:mod:`wrjax.tasks.chem` (data, objective, selfies, novelty) and :mod:`wrjax.tasks.chem.model`
+(the pretrained SELFIES VAE):
 
 * data: ZINC250k's JT-VAE training split (220,011 molecules; the authors' optimisation data)
   or a random ``num_initial`` of it, as ``(N, L)`` int32 SELFIES token rows (the model's
@@ -16,7 +16,7 @@
 Validity. SELFIES decodes every non-empty token sequence to a molecule, so the only invalid
 decodings are the empty one (the first symbol is the stop) and, rarely, a string RDKit cannot
 parse. A queried molecule must also become a row of the training data, which needs its
-canonical SELFIES to fit in ``max_len`` symbols of the model's vocabulary. ``lso.run``
+canonical SELFIES to fit in ``max_len`` symbols of the model's vocabulary. ``wrjax.run``
 does not catch an exception from ``Task.to_data``, so a molecule that cannot be tokenised is
 rejected by ``is_valid`` and recorded as ``invalid`` (it is neither scored nor counted toward
 the budget). This is the authors' rule too: their JT-VAE optimiser discarded molecules whose
@@ -28,16 +28,29 @@ from __future__ import annotations
 import functools
 import math
 import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import selfies as sf
 
-from wrjax.lso import Task
-from wrjax.tasks import chem
-from wrjax.tasks import chem_model as cm
+from wrjax.task import Task
+from wrjax.tasks.chem import data
+from wrjax.tasks.chem import model as cm
+from wrjax.tasks.chem.novelty import novelty_key
+from wrjax.tasks.chem.objective import (
+    OBJECTIVES,
+    ZINC_MAX_HEAVY_ATOMS,
+    PlogpConstants,
+    make_objective,
+)
+from wrjax.tasks.chem.selfies import (
+    STOP_ID,
+    SelfiesVocab,
+    decode_tokens,
+    selfies_to_tokens,
+    to_selfies,
+)
 
 __all__ = ["DEFAULT_BETA", "make_chem_task", "smiles_to_row", "decode_latents"]
 
@@ -48,7 +61,7 @@ DEFAULT_BETA = 0.2
 
 def smiles_to_row(
     smiles: str | None,
-    vocab: chem.SelfiesVocab,
+    vocab: SelfiesVocab,
     *,
     max_len: int,
     row_len: int,
@@ -64,9 +77,9 @@ def smiles_to_row(
     """
     if smiles is None:
         return None
-    sel = chem.to_selfies(smiles, isomeric=vocab.isomeric)
-    tokens, ok = chem.selfies_to_tokens([sel], vocab, max_len=max_len)
-    row = np.full((row_len,), chem.STOP_ID, np.int32)
+    sel = to_selfies(smiles, isomeric=vocab.isomeric)
+    tokens, ok = selfies_to_tokens([sel], vocab, max_len=max_len)
+    row = np.full((row_len,), STOP_ID, np.int32)
     if ok[0]:
         row[:max_len] = tokens[0]
         return row
@@ -80,7 +93,7 @@ def smiles_to_row(
     return row
 
 
-def decode_latents(model: cm.SelfiesVAE, params, z, vocab: chem.SelfiesVocab) -> list[str | None]:
+def decode_latents(model: cm.SelfiesVAE, params, z, vocab: SelfiesVocab) -> list[str | None]:
     """Greedy decodes of ``z (B, D)`` as SMILES; None where the decoding is empty.
 
     The batch is padded to a power of two (at least 8) so that the varying number of
@@ -96,7 +109,7 @@ def decode_latents(model: cm.SelfiesVAE, params, z, vocab: chem.SelfiesVocab) ->
     zp = np.zeros((size, z.shape[1]), np.float32)
     zp[:n] = z
     tokens = np.asarray(cm.greedy_tokens(model, params, jnp.asarray(zp)))[:n]
-    return [s or None for s in chem.decode_tokens(tokens, vocab)]
+    return [s or None for s in decode_tokens(tokens, vocab)]
 
 
 def _select_rows(key, selfies, scores, keys, vocab, *, num, max_len, row_len):
@@ -115,7 +128,7 @@ def _select_rows(key, selfies, scores, keys, vocab, *, num, max_len, row_len):
         # A little extra per chunk, so a few failures do not cost a second pass.
         idx = order[start : start + need + need // 50 + 16]
         start += len(idx)
-        tokens, ok = chem.selfies_to_tokens([selfies[i] for i in idx], vocab, max_len=max_len)
+        tokens, ok = selfies_to_tokens([selfies[i] for i in idx], vocab, max_len=max_len)
         ok &= np.isfinite(scores[idx]) & np.array([keys[i] is not None for i in idx])
         good = np.flatnonzero(ok)[:need]
         chosen.extend(idx[good].tolist())
@@ -123,7 +136,7 @@ def _select_rows(key, selfies, scores, keys, vocab, *, num, max_len, row_len):
     chosen = np.asarray(chosen, np.int64)
     tokens = np.concatenate(rows) if rows else np.zeros((0, max_len), np.int32)
     perm = np.argsort(chosen, kind="stable")
-    x = np.full((len(chosen), row_len), chem.STOP_ID, np.int32)
+    x = np.full((len(chosen), row_len), STOP_ID, np.int32)
     x[:, :max_len] = tokens[perm]
     return chosen[perm], x
 
@@ -134,10 +147,10 @@ def make_chem_task(
     k: float | None = None,
     num_initial: int | None = None,
     checkpoint: str | os.PathLike | None = None,
-    constants: str | chem.PlogpConstants = "zinc250k",
+    constants: str | PlogpConstants = "zinc250k",
     floor: float | None = -6.0,
     objective: str = "plogp",
-    max_heavy_atoms: int = chem.ZINC_MAX_HEAVY_ATOMS,
+    max_heavy_atoms: int = ZINC_MAX_HEAVY_ATOMS,
     max_len: int | None = None,
     beta: float | None = None,
     latent_noise_std: float = 1.0,
@@ -146,7 +159,7 @@ def make_chem_task(
     processes: int = 2,
     progress: bool = False,
 ) -> Task:
-    """The chemistry task (§6.3) as a :class:`wrjax.lso.Task`.
+    """The chemistry task (§6.3) as a :class:`wrjax.Task`.
 
     Args:
       key: PRNG key; draws the ``num_initial`` subset (unused when it is the whole split).
@@ -156,9 +169,9 @@ def make_chem_task(
       num_initial: size of the optimisation data, a random subset of the training split
         (default: all of it, 220,011, as the authors). Molecules that cannot be tokenised
         (see ``max_len``) or have no finite score are skipped and replaced.
-      checkpoint: path stem of a :func:`wrjax.tasks.chem_model.save_checkpoint` checkpoint
+      checkpoint: path stem of a :func:`wrjax.tasks.chem.model.save_checkpoint` checkpoint
         or a shipped name (``"gru"``: the reconstructing model; ``"cpu"``: the first one;
-        default :data:`wrjax.tasks.chem_model.DEFAULT_CHECKPOINT`).
+        default :data:`wrjax.tasks.chem.model.DEFAULT_CHECKPOINT`).
       constants, floor: of :func:`wrjax.tasks.chem.penalized_logp` (the standard ZINC250k
         statistics and the paper's floor -6; the authors' code used -4), for both the data's
         scores and the objective.
@@ -176,14 +189,14 @@ def make_chem_task(
         minutes each on 2 cores if missing; shipped in ``checkpoints/chem``).
 
     Returns:
-      A :class:`wrjax.lso.Task` named ``"chem"``: ``x (N, L)`` int32 tokens, ``y (N,)``
+      A :class:`wrjax.Task` named ``"chem"``: ``x (N, L)`` int32 tokens, ``y (N,)``
       float32 penalized logP, objects are SMILES strings (``None``: empty decoding).
     """
     del k
-    if objective not in chem.OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; choose one of {chem.OBJECTIVES}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
     capped = objective == "plogp_capped"
-    score_fn = chem.make_objective(
+    score_fn = make_objective(
         objective,
         floor=-math.inf if floor is None else floor,
         constants=constants,
@@ -200,14 +213,14 @@ def make_chem_task(
     if not (beta >= 0 and math.isfinite(beta)):
         raise ValueError(f"beta must be finite and >= 0, got {beta}")
     cached = dict(data_dir=data_dir, cache_dir=cache_dir, processes=processes, progress=progress)
-    selfies = chem.zinc_selfies("train", isomeric=vocab.isomeric, **cached)
+    selfies = data.zinc_selfies("train", isomeric=vocab.isomeric, **cached)
     n = len(selfies)
     if num_initial is None:
         num_initial = n
     if not 0 < num_initial <= n:
         raise ValueError(f"num_initial must be in (0, {n}], got {num_initial}")
-    keys = chem.zinc_novelty_keys("train", **cached)
-    scores = chem.zinc_scores(
+    keys = data.zinc_novelty_keys("train", **cached)
+    scores = data.zinc_scores(
         "train", floor=floor, constants=constants, data_dir=data_dir, progress=progress
     )
     idx, x = _select_rows(
@@ -245,7 +258,7 @@ def make_chem_task(
         decode=decode,
         objective=score_fn,
         to_data=to_data,
-        novelty_key=chem.novelty_key,
+        novelty_key=novelty_key,
         to_text=lambda smiles: smiles,
         is_valid=is_valid,
         likelihood=cm.log_likelihood,
