@@ -11,13 +11,17 @@ import numpy as np
 import optax
 import pytest
 
-from wrjax import grammar as G
+from wrjax import checkpoint, paths
 from wrjax.vae import init_train_state
 from wrjax.tasks import expressions as E
+from wrjax.tasks.expressions import grammar as G
+from wrjax.tasks.expressions import pretrain as P
 
-DATA = E.DATA_DIR
+try:
+    DATA = E.find_data_dir()
+except FileNotFoundError:
+    DATA = Path("/nonexistent/expressions")
 TEXT = DATA / "equation2_15_dataset.txt"
-CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints" / "expressions"
 
 needs_data = pytest.mark.skipif(not TEXT.exists(), reason="expression data not available")
 
@@ -208,18 +212,18 @@ def test_decode_expressions_outputs_are_valid(model_and_params, key):
     model, params = model_and_params
     k1, k2 = jax.random.split(key)
     z = jax.random.normal(k1, (64, 25))
-    out = E.decode_expressions(k2, params, z, num_samples=5, model=model)
+    out = E.decode_expressions(k2, model, params, z, num_samples=5)
     assert len(out) == 64
     for text in out:
         if text is not None:
             rules = E.parse_rules(text)  # parses, so it is in the language
             assert len(rules) <= 15
             assert np.isfinite(E.score(text))
-    greedy = E.decode_expressions(k2, params, z, model=model, greedy=True)
-    again = E.decode_expressions(k1, params, z, model=model, greedy=True)
+    greedy = E.decode_expressions(k2, model, params, z, greedy=True)
+    again = E.decode_expressions(k1, model, params, z, greedy=True)
     assert greedy == again  # argmax decoding ignores the key
     with pytest.raises(ValueError, match="z must be"):
-        E.decode_expressions(k2, params, z[:, :3], model=model)
+        E.decode_expressions(k2, model, params, z[:, :3])
 
 
 # -- pretraining and checkpoints --------------------------------------------------------------
@@ -236,14 +240,17 @@ def test_pretrain_smoke_and_checkpoint(key, tmp_path):
     data = _tiny_data()
     model = E.GrammarVAE(hidden_units=16, dense_units=16, num_gru_layers=1)
     init = _init(model, jax.random.key(2))
-    params, info = E.pretrain(key, k=1e-3, num_epochs=1, batch_size=64, data=data, model=model,
-                              params=init, log=None)
+    params, info = P.pretrain(key, model, init, k=1e-3, num_epochs=1, batch_size=64, data=data,
+                              progress=None)
     assert len(info.train_loss) == len(info.val_loss) == 1
     assert np.isfinite(info.train_loss).all() and np.isfinite(info.val_loss).all()
     assert info.num_train + info.num_val == 400 and info.num_val == 40
     assert info.num_copies > info.num_train  # k = 1e-3 duplicates the best points
-    E.save_model(tmp_path / "m", params, model, {"k": 1e-3})
-    model2, params2, meta = E.load_model(tmp_path / "m")
+    assert info.history.step == [info.num_copies // 64 + (info.num_copies % 64 > 0)]
+    assert info.learning_rate == [1e-3]
+    checkpoint.save_model(tmp_path / "m", params, config=E.model_config(model),
+                          record={"k": 1e-3})
+    model2, params2, meta = checkpoint.load_model(tmp_path / "m", E.build_model)
     assert model2 == model and meta["k"] == 1e-3
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -254,7 +261,7 @@ def test_plateau_schedule_matches_keras():
     best, wait, lr = np.inf, 0, 1e-3
     lrs = []
     for val in [3.0, 2.0, 2.5, 1.9, 1.9, 1.95, 1.0, 1.0, 1.0]:
-        best, wait, lr = E._plateau(val, best, wait, lr, factor=0.2, patience=1,
+        best, wait, lr = P._plateau(val, best, wait, lr, factor=0.2, patience=1,
                                     min_lr=1e-4, min_delta=1e-4)
         lrs.append(lr)
     np.testing.assert_allclose(lrs, [1e-3, 1e-3, 2e-4, 2e-4, 1e-4, 1e-4, 1e-4, 1e-4, 1e-4])
@@ -262,11 +269,12 @@ def test_plateau_schedule_matches_keras():
 
 @pytest.mark.parametrize("name", ["expr-k_inf", "expr-k_1e-3"])
 def test_shipped_checkpoints(name):
-    path = CHECKPOINTS / f"{name}.msgpack"
-    if not path.exists():
-        pytest.skip(f"{path} not shipped")
-    assert path.stat().st_size <= 10 * 2**20
-    model, params, meta = E.load_model(path)
+    try:
+        stem = paths.shipped_checkpoint("expressions", name)
+    except FileNotFoundError:
+        pytest.skip(f"{name} not shipped")
+    assert Path(f"{stem}.msgpack").stat().st_size <= 10 * 2**20
+    model, params, meta = checkpoint.load_model(stem, E.build_model)
     for field in ("command", "machine", "k", "reconstruction_accuracy", "prior_validity"):
         assert field in meta
     assert json.loads(json.dumps(meta)) == meta
@@ -274,23 +282,23 @@ def test_shipped_checkpoints(name):
     if TEXT.exists():
         data = E.load_expressions()
         val = np.asarray(meta["val_indices"][:1000])
-        acc = E.reconstruction_accuracy(params, data.one_hot[val], model=model)
+        acc = E.reconstruction_accuracy(model, params, data.one_hot[val])
         assert acc >= 0.5 * meta["reconstruction_accuracy"] - 0.02
 
 
 def test_decode_expressions_pads_to_one_program(model_and_params, key):
     model, params = model_and_params
     z = jax.random.normal(key, (20, 25))
-    E.decode_expressions(key, params, z[:1], model=model, greedy=True)  # compile the padded size
+    E.decode_expressions(key, model, params, z[:1], greedy=True)  # compile the padded size
     before = E.decode_rules._cache_size()
-    outs = {b: E.decode_expressions(key, params, z[:b], model=model, greedy=True) for b in (1, 3, 7, 20)}
+    outs = {b: E.decode_expressions(key, model, params, z[:b], greedy=True) for b in (1, 3, 7, 20)}
     assert E.decode_rules._cache_size() == before  # no new program for 3, 7 or 20 points
     # padding drops nothing and changes no greedy decode: the unpadded program agrees
-    ref = E.decode_expressions(key, params, z, model=model, greedy=True, pad_to=1)
+    ref = E.decode_expressions(key, model, params, z, greedy=True, pad_to=1)
     for b, out in outs.items():
         assert out == ref[:b]
     with pytest.raises(ValueError, match="pad_to"):
-        E.decode_expressions(key, params, z, model=model, pad_to=0)
+        E.decode_expressions(key, model, params, z, pad_to=0)
 
 
 def test_parsed_rules_cache_is_keyed_by_the_file(tmp_path, monkeypatch):
@@ -304,7 +312,7 @@ def test_parsed_rules_cache_is_keyed_by_the_file(tmp_path, monkeypatch):
     files = list(cache.glob("expressions_rules_*.npz"))
     assert len(files) == 1
     # a second start reads the cache: the parser is never called
-    monkeypatch.setattr(E, "parse_rules", lambda e: (_ for _ in ()).throw(AssertionError("parsed")))
+    monkeypatch.setattr(G, "parse_rules", lambda e: (_ for _ in ()).throw(AssertionError("parsed")))
     np.testing.assert_array_equal(E.parsed_rules(text, cache_dir=cache), ref)
     monkeypatch.undo()
     # a changed file gets its own cache entry

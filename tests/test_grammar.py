@@ -1,11 +1,11 @@
-"""Tests of wrjax.grammar: CFG tables, Earley parsing, masked decoding, training masks."""
+"""Tests of wrjax.tasks.expressions.grammar: CFG tables, Earley parsing, masked decoding, masks."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wrjax import grammar as G
+from wrjax.tasks.expressions import grammar as G
 
 EXPR_TEXT = """
 S -> S '+' T | S '*' T | S '/' T | T

@@ -1,8 +1,9 @@
-"""Context-free grammars for grammar VAEs (Kusner, Paige & Hernández-Lobato, ICML 2017).
+"""Context-free grammars for grammar VAEs (Kusner, Paige & Hernández-Lobato, ICML 2017), and
+the grammar of the arithmetic expressions.
 
 A sequence is represented by the rules of its *leftmost derivation* (the pre-order list of
 the productions of its parse tree), padded to a fixed length with a padding rule
-(``Nothing -> None`` in Kusner et al.). This module holds the task-independent parts:
+(``Nothing -> None`` in Kusner et al.). The machinery is grammar-independent:
 
 * :class:`Grammar`: productions, non-terminals, and the NumPy tables derived from them;
   build one from ``(lhs, rhs)`` pairs or from nltk-style text (:meth:`Grammar.from_string`).
@@ -19,6 +20,10 @@ chooses among the rules whose left-hand side is ``A`` only; the chosen rule's ri
 non-terminals are pushed in reverse, so the leftmost is expanded next. The emitted sequence
 is therefore always a prefix of a leftmost derivation; it is *complete* when the stack is
 empty after the last step.
+
+The last section is the expression task's grammar: :data:`GRAMMAR` (rule order = the columns
+of Kusner et al.'s one-hot data), :data:`TABLES`, :func:`tokenize`, :func:`parse_rules`,
+:func:`expressions_to_one_hot` and :func:`rules_to_expression`.
 """
 
 from __future__ import annotations
@@ -44,6 +49,14 @@ __all__ = [
     "masked_argmax_decode",
     "sequence_masks",
     "make_grammar_log_likelihood",
+    "GRAMMAR",
+    "TABLES",
+    "MAX_LEN",
+    "NUM_RULES",
+    "tokenize",
+    "parse_rules",
+    "expressions_to_one_hot",
+    "rules_to_expression",
 ]
 
 _F32 = jnp.float32
@@ -553,3 +566,67 @@ def make_grammar_log_likelihood(
         return -jnp.sum(bce, axis=(1, 2)) / x.shape[-1]
 
     return log_likelihood
+
+
+# ---------------------------------------------------------------------------------------------
+# The grammar of the arithmetic expressions
+# ---------------------------------------------------------------------------------------------
+
+# Rule order = the columns of Kusner et al.'s one-hot data (eq2_grammar_dataset.h5).
+GRAMMAR = Grammar.from_string(
+    """
+    S -> S '+' T
+    S -> S '*' T
+    S -> S '/' T
+    S -> T
+    T -> '(' S ')'
+    T -> 'sin(' S ')'
+    T -> 'exp(' S ')'
+    T -> 'x'
+    T -> '1'
+    T -> '2'
+    T -> '3'
+    Nothing -> None
+    """
+)
+TABLES = GRAMMAR.tables()
+MAX_LEN = 15
+NUM_RULES = GRAMMAR.num_rules  # 12
+
+_TOKEN = re.compile(r"\s*(sin\(|exp\(|[x123+*/()])")
+
+
+def tokenize(expression: str) -> list[str]:
+    """Split an expression into grammar terminals; spaces are optional.
+
+    >>> tokenize("1/3+sin(x*x)")
+    ['1', '/', '3', '+', 'sin(', 'x', '*', 'x', ')']
+    """
+    tokens, pos, text = [], 0, expression.rstrip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            raise ValueError(f"unexpected character {text[pos:].lstrip()[:1]!r} in {expression!r}")
+        tokens.append(m.group(1))
+        pos = m.end()
+    return tokens
+
+
+def parse_rules(expression: str) -> list[int]:
+    """The leftmost-derivation rule indices of an expression (unpadded)."""
+    return parse(GRAMMAR, tokenize(expression))
+
+
+def expressions_to_one_hot(expressions: Sequence[str]) -> np.ndarray:
+    """``(N, 15, 12)`` float32 one-hot rule sequences, padded with rule 11.
+
+    Raises ``ValueError`` for text outside the grammar or needing more than 15 rules.
+    """
+    return one_hot(GRAMMAR, [parse_rules(e) for e in expressions], MAX_LEN)
+
+
+def rules_to_expression(rules: Sequence[int]) -> str | None:
+    """The expression (tokens joined by single spaces, as in the data file) of a complete
+    rule sequence, or ``None`` if the derivation is incomplete or ungrammatical."""
+    tokens = rules_to_tokens(GRAMMAR, rules)
+    return None if tokens is None else " ".join(tokens)
