@@ -319,3 +319,30 @@ def test_parsed_rules_cache_is_keyed_by_the_file(tmp_path, monkeypatch):
     text.write_text("x\n")
     np.testing.assert_array_equal(E.parsed_rules(text, cache_dir=cache), np.argmax(E.expressions_to_one_hot(["x"]), -1))
     assert len(list(cache.glob("expressions_rules_*.npz"))) == 2
+
+
+@needs_data
+def test_pretrain_subcommand_and_fine_tune(tmp_path, monkeypatch, lines, authors_log_mse):
+    # `experiments/pretrain.py expressions` on 120 expressions: from scratch, then --init.
+    import experiments.pretrain as cli
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "equation2_15_dataset.txt").write_text("\n".join(lines[:120]) + "\n")
+    np.savez(data_dir / "scores_all.npz", authors_log_mse[:120])
+    monkeypatch.setenv("WRJAX_CACHE_DIR", str(tmp_path / "cache"))
+    common = ["--epochs", "1", "--batch-size", "32", "--prior-samples", "8",
+              "--data-dir", str(data_dir)]
+    cli.main(["expressions", "--k", "1e-3", "--out", str(tmp_path / "a"), *common])
+    model, params, meta = checkpoint.load_model(tmp_path / "a", E.build_model)
+    assert model == E.GrammarVAE() and meta["format"] == "wrjax-model/1"
+    assert meta["command"].startswith("python experiments/pretrain.py expressions --k 1e-3")
+    n = len(E.load_expressions(data_dir=data_dir).expressions)  # the worse half: 61 (ties)
+    assert meta["mode"] == "from scratch" and meta["data"]["num_data"] == n
+    assert meta["data"]["num_train"] + meta["data"]["num_val"] == n
+    assert meta["metrics"]["final_val_loss"] == meta["history"]["metrics"][-1]["val_loss"]
+    assert 0.0 <= meta["metrics"]["prior_validity"] <= 1.0
+    cli.main(["expressions", "--k", "inf", "--init", str(tmp_path / "a"),
+              "--out", str(tmp_path / "b"), *common])
+    meta_b = checkpoint.load_model(tmp_path / "b", E.build_model)[2]
+    assert meta_b["mode"] == "fine-tune" and meta_b["init_command"] == meta["command"]
