@@ -28,7 +28,7 @@ import numpy as np
 
 import wrjax
 from wrjax.loop import make_compiled_run, make_seeds_run
-from wrjax.tasks.shapes_task import make_shapes_task
+from wrjax.tasks.shapes import make_shapes_task
 
 
 def timed(fn, repeats):

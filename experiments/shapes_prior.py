@@ -3,8 +3,9 @@
     python -m experiments.shapes_prior [--preset squares2d] [--num-samples 1000]
                                        [--out experiments/results/shapes]
 
-For each shipped checkpoint ``checkpoints/shapes/PRESET-k_*`` (trained with rank weights of
-strength k), decodes ``z ~ N(0, I)``, rounds the Bernoulli means and counts the pixels on.
+For each shipped checkpoint ``PRESET-k_*`` of the shapes task (``checkpoints/shapes/``, found
+through ``wrjax.paths``; trained with rank weights of strength k), decodes ``z ~ N(0, I)``,
+rounds the Bernoulli means and counts the pixels on.
 Writes ``prior_areas.png`` (violins: the training set, then one per k) and
 ``prior_areas.md`` (mean, median, 5-95% and max, and the fraction above the training set's
 largest area).
@@ -23,13 +24,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from wrjax import checkpoint, paths  # noqa: E402
 from wrjax.tasks import shapes  # noqa: E402
-from wrjax.tasks.shapes_task import CHECKPOINT_DIR  # noqa: E402
-
-
-def checkpoint_k(path: Path) -> float:
-    """k from a checkpoint name ``PRESET-k_TAG``."""
-    return float(path.stem.split("-k_")[1])
 
 
 def main(argv=None):
@@ -40,15 +36,15 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=Path("experiments/results/shapes"))
     args = ap.parse_args(argv)
 
-    paths = sorted(CHECKPOINT_DIR.glob(f"{args.preset}-k_*.msgpack"), key=lambda p: -checkpoint_k(p))
-    if not paths:
-        raise SystemExit(f"no {args.preset} checkpoints in {CHECKPOINT_DIR}")
+    ks = sorted(map(float, paths.shipped_ks("shapes", args.preset)), reverse=True)
+    if not ks:
+        raise SystemExit(f"no shipped shapes checkpoints {args.preset}-k_*")
     data = shapes.load_shapes(args.preset)
     train = np.asarray(data.areas[data.train_idx], np.float64)
     groups = {"training data": train}
-    for p in paths:
-        model, params, _ = shapes.load_pretrained(str(p.with_suffix("")))
-        k = checkpoint_k(p)
+    for k in ks:
+        path = paths.checkpoint_for_k("shapes", args.preset, k, fallback=None)
+        model, params, _ = checkpoint.load_model(path, shapes.build_model)
         areas = shapes.prior_sample_areas(jax.random.key(args.seed), model, params, num_samples=args.num_samples)
         groups["k = inf" if math.isinf(k) else f"k = {k:g}"] = np.asarray(areas, np.float64)
 

@@ -1,4 +1,4 @@
-"""Tests of the 2D shapes task: data, renderer, objective, grid optimiser, models, pretraining."""
+"""Tests of the 2D shapes task: data, renderer, objective, grid, layers, models, pretraining."""
 
 from __future__ import annotations
 
@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 from jax import lax
 
-from wrjax.data import shared_data_dir
+from wrjax.paths import data_dir
 from wrjax.tasks import shapes
-from wrjax.tasks import shapes_models as sm
+from wrjax.tasks.shapes import layers as sm
 
-GIF = shared_data_dir("dsprites", must_exist=False) / "dsprites.gif"
+try:
+    GIF = data_dir("dsprites") / "dsprites.gif"
+except FileNotFoundError:
+    GIF = None
 DN = ("NHWC", "HWIO", "NHWC")
 
 
@@ -31,7 +34,7 @@ DN = ("NHWC", "HWIO", "NHWC")
 @pytest.fixture(scope="module")
 def gif_frames():
     pil = pytest.importorskip("PIL.Image")
-    if not GIF.exists():
+    if GIF is None or not GIF.exists():
         pytest.skip("dsprites.gif not available")
     from PIL import ImageSequence
 
@@ -172,7 +175,7 @@ def test_load_shapes_split():
 
 
 # ---------------------------------------------------------------------------------------------
-# Objective and image keys
+# Objective
 # ---------------------------------------------------------------------------------------------
 
 
@@ -190,42 +193,8 @@ def test_area_matches_numpy(rng, jit):
     np.testing.assert_allclose(np.asarray(shapes.area(probs, logits=False)), ref, rtol=0, atol=0)
 
 
-def test_image_keys_distinguish_images(rng):
-    base = (rng.random((1, 64, 64)) < 0.3).astype(np.uint8)
-    variants = [base[0]]
-    for i, j in [(0, 0), (63, 63), (10, 31), (10, 32), (0, 63)]:  # single-pixel flips
-        v = base[0].copy()
-        v[i, j] ^= 1
-        variants.append(v)
-    variants += list((rng.random((200, 64, 64)) < 0.5).astype(np.uint8))
-    variants.append(np.zeros((64, 64), np.uint8))
-    variants.append(np.ones((64, 64), np.uint8))
-    x = jnp.asarray(np.stack(variants))
-    keys = np.asarray(jax.jit(shapes.image_keys)(x))
-    assert keys.shape == (len(variants), 2) and keys.dtype == np.uint32
-    assert len({tuple(k) for k in keys}) == len(variants)
-    # Equal images get equal keys, whatever the batch they are computed in.
-    again = np.asarray(shapes.image_keys(jnp.asarray(np.stack(variants[::-1]))))[::-1]
-    np.testing.assert_array_equal(keys, again)
-    bool_keys = np.asarray(shapes.image_keys(x.astype(bool)))
-    np.testing.assert_array_equal(keys, bool_keys)
-
-
-def test_seen_add():
-    seen = shapes.seen_init(5)
-    keys = jnp.asarray(np.arange(8, dtype=np.uint32).reshape(4, 2))
-    seen = shapes.seen_add(seen, keys, jnp.array([True, False, True, True]))
-    assert int(seen.count) == 3
-    np.testing.assert_array_equal(np.asarray(seen.mask), [1, 1, 1, 0, 0])
-    np.testing.assert_array_equal(np.asarray(seen.keys[:3]), [[0, 1], [4, 5], [6, 7]])
-    seen = jax.jit(shapes.seen_add)(seen, keys)  # 4 more into 2 free slots: 2 dropped
-    assert int(seen.count) == 7  # > capacity flags the overflow
-    assert bool(seen.mask.all())
-    np.testing.assert_array_equal(np.asarray(seen.keys[3:]), [[0, 1], [2, 3]])
-
-
 # ---------------------------------------------------------------------------------------------
-# Grid optimiser
+# The latent grid
 # ---------------------------------------------------------------------------------------------
 
 
@@ -242,97 +211,6 @@ def test_grid_points():
     assert d.shape == (int((sq <= 100).sum()), 5) == (532509, 5)
     assert np.all(np.linalg.norm(d, axis=1) <= 5 + 1e-6)
     np.testing.assert_allclose(np.unique(d), np.arange(-5, 5.01, 0.5), rtol=0, atol=1e-6)
-
-
-def _numpy_top_unseen(areas, keys, seen_keys, r):
-    """Reference: distinct images (first grid occurrence), not seen, by area then index."""
-    first = {}
-    for i, k in enumerate(map(tuple, keys)):
-        first.setdefault(k, i)
-    seen = set(map(tuple, seen_keys))
-    cand = sorted((i for k, i in first.items() if k not in seen), key=lambda i: (-areas[i], i))
-    return cand[:r]
-
-
-@pytest.mark.parametrize("jit", [False, True])
-def test_select_top_unseen_against_numpy(rng, jit):
-    g = 300
-    # 40 distinct "images" with repeated areas (ties), each appearing several times.
-    img_area = rng.integers(0, 15, size=40).astype(np.float32)
-    img_keys = rng.integers(0, 2**32, size=(40, 2), dtype=np.uint64).astype(np.uint32)
-    which = rng.integers(0, 40, size=g)
-    areas, keys = img_area[which], img_keys[which]
-    seen_imgs = rng.choice(40, size=7, replace=False)
-    seen = shapes.seen_add(shapes.seen_init(16), jnp.asarray(img_keys[seen_imgs]))
-    fn = jax.jit(shapes.select_top_unseen, static_argnames="r") if jit else shapes.select_top_unseen
-    for r in (5, 33, 40):
-        idx, ok = fn(jnp.asarray(areas), jnp.asarray(keys), seen, r=r)
-        ref = _numpy_top_unseen(areas, keys, img_keys[seen_imgs], r)
-        n_ok = int(ok.sum())
-        assert n_ok == len(ref) == min(r, 33)
-        np.testing.assert_array_equal(np.asarray(idx)[:n_ok], ref)
-        assert not np.asarray(ok)[n_ok:].any()
-
-
-class RampDecoder(nn.Module):
-    """Decodes z (B, 2) to an image whose first m(z) pixels (row-major) are on, with
-    m = clip(floor(40 * (z0 + 3)), 0, 4096) + (z1 > 0): a known area and many duplicates."""
-
-    latent_dim: int = 2
-
-    @nn.compact
-    def decode(self, z):
-        scale = self.param("scale", nn.initializers.ones, (), jnp.float32)
-        m = jnp.clip(jnp.floor(40.0 * (z[:, 0] + 3.0)), 0, 4095) + (z[:, 1] > 0)
-        pos = jnp.arange(64 * 64, dtype=jnp.float32).reshape(1, 64, 64)
-        return scale * (m[:, None, None] - pos - 0.5)  # logit > 0 iff pos < m
-
-    def __call__(self, z):
-        return self.decode(z)
-
-
-def test_grid_search_against_numpy():
-    model = RampDecoder()
-    params = model.init(jax.random.key(0), jnp.zeros((1, 2)))["params"]
-    grid = jnp.asarray(shapes.grid_points("squares2d"))
-    z = np.asarray(grid, np.float64)
-    m = np.clip(np.floor(40.0 * (np.asarray(grid[:, 0]) + 3.0)), 0, 4095) + (z[:, 1] > 0)
-    traces = []
-
-    def counted(params, model, grid, seen, *, r, chunk_size):
-        traces.append(1)
-        return shapes.grid_search(params, model, grid, seen, r=r, chunk_size=chunk_size)
-
-    search = jax.jit(counted, static_argnames=("model", "r", "chunk_size"))
-    seen = shapes.seen_init(64)
-    got = []
-    for _ in range(3):
-        res = search(params, model, grid, seen, r=10, chunk_size=128)
-        chex.assert_shape(res.images, (10, 64, 64))
-        assert bool(res.valid.all())
-        pixels_on = np.asarray(res.images).reshape(10, -1).sum(1)
-        np.testing.assert_allclose(np.asarray(res.areas), pixels_on, rtol=0, atol=0)
-        np.testing.assert_allclose(np.asarray(res.areas), m[np.asarray(res.indices)], rtol=0, atol=0)
-        np.testing.assert_allclose(np.asarray(res.z), z[np.asarray(res.indices)], rtol=0, atol=1e-6)
-        got += list(np.asarray(res.indices))
-        seen = shapes.seen_add(seen, res.keys, res.valid)
-    assert len(traces) == 1  # a new seen set does not retrace
-    # Reference: distinct areas are distinct images; the best 30 distinct, first index each.
-    first = {}
-    for i, a in enumerate(m):
-        first.setdefault(a, i)
-    ref = sorted(first.values(), key=lambda i: (-m[i], i))[:30]
-    np.testing.assert_array_equal(got, ref)
-
-
-def test_grid_search_runs_out_of_images():
-    model = RampDecoder()
-    params = model.init(jax.random.key(0), jnp.zeros((1, 2)))["params"]
-    grid = jnp.asarray(np.stack([np.full(20, 0.0), np.linspace(-1, 1, 20)], 1), jnp.float32)
-    search = jax.jit(shapes.grid_search, static_argnames=("model", "r", "chunk_size"))
-    res = search(params, model, grid, shapes.seen_init(4), r=5, chunk_size=8)
-    np.testing.assert_array_equal(np.asarray(res.valid), [True, True, False, False, False])
-    np.testing.assert_allclose(np.asarray(res.areas[:2]), [121.0, 120.0], rtol=0, atol=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -537,6 +415,23 @@ def test_beta_schedule_matches_authors():
     assert ours[2699] < 10.0 and ours[2700] == 10.0  # cap reached after 170 increases
 
 
+class RampDecoder(nn.Module):
+    """Decodes z (B, 2) to an image whose first m(z) pixels (row-major) are on, with
+    m = clip(floor(40 * (z0 + 3)), 0, 4096) + (z1 > 0): a known area."""
+
+    latent_dim: int = 2
+
+    @nn.compact
+    def decode(self, z):
+        scale = self.param("scale", nn.initializers.ones, (), jnp.float32)
+        m = jnp.clip(jnp.floor(40.0 * (z[:, 0] + 3.0)), 0, 4095) + (z[:, 1] > 0)
+        pos = jnp.arange(64 * 64, dtype=jnp.float32).reshape(1, 64, 64)
+        return scale * (m[:, None, None] - pos - 0.5)  # logit > 0 iff pos < m
+
+    def __call__(self, z):
+        return self.decode(z)
+
+
 def test_prior_sample_areas(key):
     model = RampDecoder()
     params = model.init(jax.random.key(0), jnp.zeros((1, 2)))["params"]
@@ -547,25 +442,44 @@ def test_prior_sample_areas(key):
 
 
 def test_pretrain_cli_smoke(tmp_path):
+    """``experiments/pretrain.py shapes`` writes one model per k in the one model format, and
+    ``wrjax.checkpoint.load_model`` reads it back."""
+    import shlex
+
     from experiments.pretrain import main
-    from wrjax.checkpoint import load_metadata
+    from wrjax import checkpoint
+    from wrjax.checkpoint import MODEL_FORMAT, load_metadata
 
     argv = ["shapes", "--preset", "squares2d", "--k", "1e-3", "--max-steps", "3",
             "--batch-size", "8", "--eval-max", "16", "--prior-samples", "20",
-            "--out-dir", str(tmp_path)]
+            "--out", str(tmp_path)]
     (path,) = main(argv)
-    assert path.name == "squares2d-k_1e-3.msgpack"
+    assert Path(path).name == "squares2d-k_1e-3"
     meta = load_metadata(path)
+    assert meta["format"] == MODEL_FORMAT and meta["config"]["preset"] == "squares2d"
     assert meta["num_steps"] == 3 and meta["k"] == 1e-3
-    assert meta["command"] == "python experiments/pretrain.py " + " ".join(argv)
+    assert meta["command"] == "python experiments/pretrain.py " + shlex.join(argv)
     for part in ("train_elbo_beta1", "heldout_elbo_beta1"):
-        assert np.isfinite(meta[part]["elbo"])
+        assert np.isfinite(meta["metrics"][part]["elbo"])
     json.dumps(meta)
-    model, params, meta2 = shapes.load_pretrained(str(path))
+    model, params, meta2 = checkpoint.load_model(path, shapes.build_model)
     assert meta2 == meta
     fresh = shapes.init_params(jax.random.key(0), model)
     chex.assert_trees_all_equal_shapes(params, fresh)
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fresh)))
+
+
+def test_shipped_checkpoints_load_through_the_one_loader():
+    """The shipped (older-layout) checkpoints load with ``wrjax.checkpoint.load_model`` and the
+    k -> checkpoint mapping of ``wrjax.paths`` (a k without its own model: the k = inf one)."""
+    from wrjax import checkpoint, paths
+
+    path = paths.checkpoint_for_k("shapes", "squares2d", 1e-3)
+    assert path.name == "squares2d-k_1e-3"
+    model, params, meta = checkpoint.load_model(path, shapes.build_model)
+    assert meta["preset"] == "squares2d" and model.latent_dim == 2
+    chex.assert_trees_all_equal_shapes(params, shapes.param_shapes(model))
+    assert paths.checkpoint_for_k("shapes", "squares2d", 0.5).name == "squares2d-k_inf"
 
 
 def test_pretrain_rejects_bad_k():

@@ -7,7 +7,7 @@ import pytest
 import wrjax
 from wrjax.loop import make_compiled_run, make_seeds_run
 from wrjax.tasks import shapes
-from wrjax.tasks.shapes_task import image_text, make_shapes_task, text_image
+from wrjax.tasks.shapes import image_text, make_shapes_task, text_image
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The 2D shapes task (paper §6.1) as a :class:`wrjax.Task`.
 
-:func:`make_shapes_task` builds it from ``wrjax.tasks.shapes`` (data, VAEs, area objective).
+:func:`make_shapes_task` builds it from the data, VAEs and area objective of this package.
 Its decoder and objective are also given in pure JAX, so the same task runs with either
 driver and the same grid optimiser (:func:`wrjax.grid_optimizer`):
 
@@ -25,41 +25,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wrjax import vae
+from wrjax import checkpoint as ckpt
+from wrjax import paths, vae
 from wrjax.task import Task
-from wrjax.tasks import shapes
-from wrjax.weighting import format_k
+from wrjax.tasks.shapes.data import image_text, load_shapes
+from wrjax.tasks.shapes.grid import grid_points
+from wrjax.tasks.shapes.model import build_model, make_model
+from wrjax.tasks.shapes.objective import area, binarize
+from wrjax.tasks.shapes.presets import get_preset
 
-__all__ = [
-    "CHECKPOINT_DIR",
-    "checkpoint_for_k",
-    "image_text",
-    "make_shapes_task",
-]
-
-#: Shipped pretrained models (``experiments/pretrain.py shapes``).
-CHECKPOINT_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "shapes"
-
-
-def checkpoint_for_k(preset: str, k: float | None) -> Path:
-    """The shipped checkpoint pretrained with rank weighting ``k`` if there is one, else the
-    unweighted (``k = inf``) model (the loop's initial 1-epoch fine-tune then applies ``k``)."""
-    if k is not None:
-        p = CHECKPOINT_DIR / f"{preset}-k_{format_k(k)}"
-        if Path(f"{p}.msgpack").exists():
-            return p
-    return CHECKPOINT_DIR / f"{preset}-k_inf"
-
-
-def image_text(image) -> str:
-    """Exact, reversible text form of a binary 64x64 image: hex of its packed bits (1,024 chars)."""
-    return np.packbits(np.asarray(image, bool).ravel()).tobytes().hex()
-
-
-def text_image(text: str) -> np.ndarray:
-    """Inverse of :func:`image_text`: ``(64, 64)`` uint8."""
-    bits = np.unpackbits(np.frombuffer(bytes.fromhex(text), np.uint8))
-    return bits[: 64 * 64].reshape(64, 64)
+__all__ = ["make_shapes_task"]
 
 
 def make_shapes_task(
@@ -75,23 +50,27 @@ def make_shapes_task(
     The optimisation data are the preset's training images (squares2d: the first 95%, as the
     authors), scored by their area; the novelty key of an image is its exact bit pattern.
     ``key`` is unused (the data and checkpoint are fixed) and kept for the common builder
-    signature. ``params`` (for the preset's default model) replaces the checkpoint.
+    signature. The model is ``checkpoint``, else the shipped one pretrained with ``k``, else
+    the unweighted one (``wrjax.paths.checkpoint_for_k``; the loop's initial fine-tune then
+    applies ``k``); ``params`` (for the preset's default model) replaces the checkpoint.
     """
     del key
-    data = shapes.load_shapes(preset)
+    data = load_shapes(preset)
     if params is not None:
-        model = shapes.make_model(preset)
+        model = make_model(preset)
     else:
-        model, params, meta = shapes.load_pretrained(str(checkpoint or checkpoint_for_k(preset, k)))
-        if meta.get("preset", preset) != preset:
-            raise ValueError(f"checkpoint is for preset {meta.get('preset')!r}, not {preset!r}")
+        path = checkpoint or paths.checkpoint_for_k("shapes", preset, k)
+        model, params, meta = ckpt.load_model(path, build_model)
+        meta_preset = meta.get("config", meta).get("preset", preset)
+        if meta_preset != preset:
+            raise ValueError(f"checkpoint is for preset {meta_preset!r}, not {preset!r}")
     x = data.images[data.train_idx]
     keys = [image_text(im) for im in x]
-    cfg = shapes.PRESETS[preset]
+    cfg = get_preset(preset)
 
     def jax_decode(params, z):
         """Rounded decodings ``(B, 64, 64)`` uint8 (pure JAX)."""
-        return shapes.binarize(vae.decode_logits(model, params, z)).astype(jnp.uint8)
+        return binarize(vae.decode_logits(model, params, z)).astype(jnp.uint8)
 
     decode_fn = jax.jit(jax_decode)
 
@@ -112,6 +91,6 @@ def make_shapes_task(
         novelty_key=image_text,
         beta=cfg.beta_final,  # the authors fine-tune with beta fixed at its final value
         jax_decode=jax_decode,
-        jax_objective=lambda images: shapes.area(images, logits=False),
-        grid=shapes.grid_points(preset),
+        jax_objective=lambda images: area(images, logits=False),
+        grid=grid_points(preset),
     )
