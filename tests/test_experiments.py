@@ -85,3 +85,97 @@ def test_chem_report_ranks_unique_molecules_with_heavy_atoms(tmp_path, capsys):
     # Benzene 6 heavy atoms, hexane 6, ethanol 3; CCO counted once although found twice.
     assert "| k1e-03_r50 | 2 | 3.00 (6) | 2.00 (6) | 1.00 (3) | 3.00, 2.00 |" in table
     assert (tmp_path / "out" / "best_molecules.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------------------------------------
+# Configs as code, the registry, the one pretraining command
+# ---------------------------------------------------------------------------------------------
+
+
+def test_toy_presets_as_code_keep_their_values():
+    from experiments import tasks
+    from experiments.configs import RunConfig
+
+    smoke = tasks.get_config("toy", "smoke")
+    assert isinstance(smoke, RunConfig)
+    assert smoke.loop == dict(budget=20, retrain_every=5, k=1e-3, batch_size=16)
+    assert (smoke.optimizer, smoke.bo, smoke.seeds, smoke.task) == ("grid", None, (0,), {})
+    paper = tasks.get_config("toy", "paper")
+    assert paper.loop == dict(budget=60, retrain_every=10, k=1e-3, batch_size=16)
+    assert paper.seeds == (0, 1, 2)
+    with pytest.raises(ValueError, match="presets"):
+        tasks.get_config("toy", "nope")
+
+
+def test_every_task_has_a_configs_module_with_presets():
+    from experiments import tasks
+    from experiments.configs import RunConfig
+
+    for task in tasks.TASKS:
+        module = tasks.configs(task)
+        assert module.__name__ == f"experiments.configs.{task}", module
+        assert "smoke" in module.PRESETS and callable(module.build_task)
+        for preset in module.PRESETS:
+            config = tasks.get_config(task, preset)
+            assert isinstance(config, RunConfig) and config.seeds
+            config.lso_config(0)  # a valid LSOConfig
+    assert tasks.constraint("toy", tasks.get_config("toy", "smoke")) is None
+
+
+def test_run_config_is_frozen_and_overrides_go_where_they_belong():
+    import dataclasses
+
+    from experiments.configs import RunConfig
+
+    c = RunConfig(loop={"budget": 5, "k": 1e-3}, optimizer="grid")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.optimizer = "gp-ei"
+    with pytest.raises(ValueError, match="seed"):
+        RunConfig(loop={"seed": 1})
+    o = run_cli.resolve_config("toy", "smoke", {"k": float("inf"), "budget": 3, "optimizer": "random"})
+    assert o.loop["k"] == float("inf") and o.loop["budget"] == 3 and o.optimizer == "random"
+    with pytest.raises(ValueError, match="LSOConfig"):
+        run_cli.resolve_config("toy", "smoke", {"num_initial": 3})
+
+
+def test_run_help_lists_every_task_and_its_presets(capsys):
+    from experiments import tasks
+
+    with pytest.raises(SystemExit):
+        run_cli.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for task in tasks.TASKS:
+        assert f"{task}: {', '.join(tasks.presets(task))}" in out
+
+
+def test_pretrain_help_lists_the_tasks_and_presets(capsys):
+    from experiments import pretrain
+
+    with pytest.raises(SystemExit):
+        pretrain.main(["--help"])
+    out = capsys.readouterr().out
+    for task in ("toy", "shapes", "expressions", "chem"):
+        assert task in out
+    assert "presets: default" in out and "squares2d" in out
+
+
+def test_pretrain_toy_writes_a_model_record(tmp_path, capsys):
+    import jax
+
+    from experiments import pretrain
+    from wrjax.checkpoint import MODEL_FORMAT, load_model, machine_description
+    from wrjax.tasks import toy
+
+    pretrain.main(["toy", "--steps", "20", "--seed", "3", "--out", str(tmp_path / "bits")])
+    model, params, meta = load_model(tmp_path / "bits", toy.build_model)
+    assert meta["format"] == MODEL_FORMAT and meta["config"] == {"length": 12, "latent_dim": 2, "hidden": 64}
+    assert meta["command"] == f"python experiments/pretrain.py toy --steps 20 --seed 3 --out {tmp_path / 'bits'}"
+    assert meta["seconds"] > 0 and meta["machine"]["cpu_count"] == machine_description()["cpu_count"]
+    assert meta["history"]["step"] == [20]
+    # The same as the package's own recipe with that seed.
+    k_init, k_fit = jax.random.split(jax.random.key(3))
+    x, _ = toy.toy_data()
+    ref, _ = toy.pretrain(k_fit, model, toy.init_params(k_init, model), x, num_steps=20)
+    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert "wrote" in capsys.readouterr().out
