@@ -57,15 +57,7 @@ HELP = {
 
 def task_module(task: str):
     """``wrjax.tasks.<task>.pretrain`` (imported on demand: a task's imports stay its own)."""
-    try:
-        module = importlib.import_module(f"wrjax.tasks.{task}.pretrain")
-    except ModuleNotFoundError as e:
-        if e.name not in (f"wrjax.tasks.{task}", f"wrjax.tasks.{task}.pretrain"):
-            raise
-        return _legacy(task)
-    if not (hasattr(module, "add_arguments") and hasattr(module, "main")):
-        return _legacy(task)  # a task package still moving over
-    return module
+    return importlib.import_module(f"wrjax.tasks.{task}.pretrain")
 
 
 def default_checkpoint_dir(task: str) -> Path:
@@ -116,152 +108,13 @@ def main(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args._module, "LEGACY", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.extra = extra
+    args = parser.parse_args(argv)
     args.command = "python experiments/pretrain.py " + shlex.join(argv)
     args.checkpoint_dir = default_checkpoint_dir(args.task)
     args.save = make_saver(start, args.command)
     out = args._module.main(args)
     print(f"done in {time.perf_counter() - start:.0f} s", flush=True)
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Transition: tasks whose package has no pretrain module yet
-# ---------------------------------------------------------------------------------------------
-
-
-def _legacy(task: str):
-    import types
-
-    if task == "shapes":
-        return types.SimpleNamespace(PRESETS=("squares2d", "dsprites"),
-                                     add_arguments=shapes_add_arguments, main=shapes_main)
-    script = {"expressions": "pretrain_expressions", "chem": "pretrain_chem"}.get(task)
-    if script is not None:  # the old script, its own parser after the subcommand
-        def main(args):
-            from wrjax import paths
-
-            if paths.repo_root() is not None and str(paths.repo_root()) not in sys.path:
-                sys.path.insert(0, str(paths.repo_root()))
-            old = importlib.import_module(f"experiments.{script}")
-            rest = list(args.extra)
-            for flag, v in (("--out", args.out), ("--time-limit", args.time_limit)):
-                if v is not None:
-                    rest += [flag, str(v)]
-            return old.main(rest + ["--seed", str(args.seed)])
-
-        return types.SimpleNamespace(PRESETS=(), add_arguments=lambda p: None, main=main,
-                                     LEGACY=True)
-    raise ModuleNotFoundError(f"no pretraining for task {task!r}: wrjax.tasks.{task}.pretrain")
-
-
-# The shapes recipe's command line, to move to wrjax/tasks/shapes/pretrain.py (used from
-# here until that module exists).
-
-
-def shapes_add_arguments(p) -> None:
-    import math
-
-    p.add_argument("--preset", choices=["squares2d", "dsprites"], default="squares2d")
-    p.add_argument(
-        "--k", type=float, nargs="+", default=[math.inf],
-        help="rank-weight strengths, one model each ('inf' = unweighted)",
-    )
-    p.add_argument("--epochs", type=int, default=None, help="default: the preset's (20)")
-    p.add_argument("--batch-size", type=int, default=None, help="default: 16 squares2d, 32 dsprites")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--beta-final", type=float, default=None, help="default: 10 squares2d, 1 dsprites")
-    p.add_argument("--mode", choices=["sample", "epoch"], default="sample")
-    p.add_argument("--upsample", default="subpixel")
-    p.add_argument("--max-steps", type=int, default=None, help="stop early (smoke runs)")
-    p.add_argument("--eval-max", type=int, default=10000)
-    p.add_argument("--prior-samples", type=int, default=1000)
-
-
-def _quantiles(x) -> dict:
-    import numpy as np
-
-    qs = np.quantile(x, [0.05, 0.25, 0.5, 0.75, 0.95])
-    return {"mean": float(x.mean()), "std": float(x.std()), "min": float(x.min()),
-            "q05": float(qs[0]), "q25": float(qs[1]), "median": float(qs[2]),
-            "q75": float(qs[3]), "q95": float(qs[4]), "max": float(x.max())}  # fmt: skip
-
-
-def shapes_main(args) -> list[Path]:
-    """One checkpoint per ``--k`` in ``--out`` (a folder; default checkpoints/shapes)."""
-    import math
-    import os
-
-    import jax
-    import numpy as np
-
-    from wrjax.tasks import shapes
-    from wrjax.weighting import format_k
-
-    data = shapes.load_shapes(args.preset)
-    cfg = shapes.PRESETS[args.preset]
-    out_dir = Path(args.out) if args.out is not None else args.checkpoint_dir
-    written = []
-    for i, k in enumerate(args.k):
-        load_start = os.getloadavg()
-        key = jax.random.fold_in(jax.random.key(args.seed), i)
-        train_key, sample_key = jax.random.split(key)
-        t0 = time.perf_counter()
-        params, info = shapes.pretrain(
-            train_key, args.preset, k=k, num_epochs=args.epochs, batch_size=args.batch_size,
-            learning_rate=args.lr, beta_final=args.beta_final, mode=args.mode,
-            upsample=args.upsample, max_steps=args.max_steps, data=data, eval_max=args.eval_max,
-        )  # fmt: skip
-        model = shapes.make_model(args.preset, upsample=args.upsample)
-        sample = jax.jit(shapes.prior_sample_areas, static_argnames=("model", "num_samples"))
-        prior = np.asarray(sample(sample_key, model, params, num_samples=args.prior_samples))
-        config = {"task": "shapes", "preset": args.preset, "upsample": args.upsample}
-        record = {
-            **config,
-            "k": "inf" if math.isinf(k) else k,
-            "seed": args.seed,
-            "settings": {
-                "num_epochs": args.epochs if args.epochs is not None else cfg.num_epochs,
-                "batch_size": args.batch_size if args.batch_size is not None else cfg.batch_size,
-                "learning_rate": args.lr if args.lr is not None else cfg.learning_rate,
-                "beta_start": cfg.beta_start,
-                "beta_final": args.beta_final if args.beta_final is not None else cfg.beta_final,
-                "beta_warmup_steps": cfg.beta_warmup,
-                "beta_factor_every_10_steps": 1.1,
-                "mode": args.mode,
-                "init": "truncated normal, variance 2 / fan_in (He), zero biases",
-                "max_steps": args.max_steps,
-                "n_train": int(len(data.train_idx)),
-                "n_heldout": int(len(data.heldout_idx)),
-            },
-            "data": {"preset": args.preset, "n_train": int(len(data.train_idx))},
-            "num_steps": info.num_steps,
-            "seconds": round(time.perf_counter() - t0, 1),
-            # The CPU may be shared: the 1-minute load average before and after.
-            "machine": {"load_average_start": round(load_start[0], 2),
-                        "load_average_end": round(os.getloadavg()[0], 2)},
-            "metrics": {"final_epoch": {"loss": float(info.epoch_loss[-1]),
-                                        "log_lik": float(info.epoch_log_lik[-1]),
-                                        "kl": float(info.epoch_kl[-1]),
-                                        "beta": float(info.epoch_beta[-1])},
-                        "train_elbo_beta1": info.train_elbo,
-                        "heldout_elbo_beta1": info.heldout_elbo},
-            "epoch_loss": [round(float(v), 3) for v in info.epoch_loss],
-            "prior_sample_areas": {"num_samples": args.prior_samples, **_quantiles(prior)},
-            "train_data_areas": _quantiles(data.areas[data.train_idx]),
-            "num_params": int(sum(np.size(x) for x in jax.tree.leaves(params))),
-        }
-        path = args.save(out_dir / f"{args.preset}-k_{format_k(k)}", params, config=config,
-                         record=record)
-        written.append(path)
-        print(f"{info.num_steps} steps in {info.seconds:.0f} s; ELBO train "
-              f"{info.train_elbo['elbo']:.1f} held-out {info.heldout_elbo['elbo']:.1f}; prior-sample "
-              f"area mean {prior.mean():.1f} median {np.median(prior):.0f} max {prior.max():.0f}",
-              flush=True)
-    return written
 
 
 if __name__ == "__main__":

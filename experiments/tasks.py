@@ -22,14 +22,7 @@ def configs(task: str) -> ModuleType:
     """``experiments.configs.<task>`` (``SystemExit`` naming the tasks if there is none)."""
     if task not in TASKS:
         raise SystemExit(f"unknown task {task!r}; choose from {sorted(TASKS)}")
-    try:
-        return importlib.import_module(f"experiments.configs.{task}")
-    except ModuleNotFoundError as e:
-        if e.name != f"experiments.configs.{task}":
-            raise
-        from experiments import _legacy_presets  # transition: until the task's module exists
-
-        return _legacy_presets.module(task)
+    return importlib.import_module(f"experiments.configs.{task}")
 
 
 def presets(task: str) -> tuple[str, ...]:
