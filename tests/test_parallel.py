@@ -11,22 +11,10 @@ import pytest
 SCRIPT = textwrap.dedent(
     """
     import json, jax, jax.numpy as jnp, numpy as np, optax
-    import flax.linen as nn
     from wrjax import parallel, vae
+    from wrjax.tasks.toy import BitVAE
 
-    class VAE(nn.Module):
-        def setup(self):
-            self.e1, self.e2 = nn.Dense(32), nn.Dense(8)
-            self.d1, self.d2 = nn.Dense(32), nn.Dense(16)
-        def __call__(self, x):
-            return self.decode(self.encode(x)[0])
-        def encode(self, x):
-            m, lv = jnp.split(self.e2(nn.relu(self.e1(x))), 2, axis=-1)
-            return m, lv
-        def decode(self, z):
-            return self.d2(nn.relu(self.d1(z)))
-
-    model = VAE()
+    model = BitVAE(length=16, latent_dim=4, hidden=32)  # the toy task's MLP VAE
     data = (jax.random.uniform(jax.random.key(1), (96, 16)) > 0.5).astype(jnp.float32)
     params = model.init(jax.random.key(0), data[:1])["params"]
     opt = optax.adam(1e-2)
