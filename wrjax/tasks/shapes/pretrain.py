@@ -32,7 +32,7 @@ from wrjax.typing import PyTree
 from wrjax.vae import History, beta_schedule, elbo_terms, init_train_state, make_train_step, train
 from wrjax.weighting import format_k, rank_weights
 
-__all__ = ["evaluate_elbo", "pretrain", "add_arguments", "main"]
+__all__ = ["PRESETS", "evaluate_elbo", "pretrain", "add_arguments", "main"]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "beta"))
