@@ -346,3 +346,16 @@ def test_pretrain_subcommand_and_fine_tune(tmp_path, monkeypatch, lines, authors
               "--out", str(tmp_path / "b"), *common])
     meta_b = checkpoint.load_model(tmp_path / "b", E.build_model)[2]
     assert meta_b["mode"] == "fine-tune" and meta_b["init_command"] == meta["command"]
+
+
+@needs_data
+def test_parsed_rules_reads_the_shipped_cache(tmp_path, monkeypatch):
+    # An empty writable cache (as an installed wheel's ~/.cache): the shipped copy beside the
+    # models is read, the 100,000 expressions are not parsed again.
+    shipped = paths.shipped_checkpoint("expressions", "expr-k_inf").parent
+    if not list(shipped.glob("expressions_rules_*.npz")):
+        pytest.skip("no shipped parsed-rule cache")
+    monkeypatch.setenv("WRJAX_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(G, "parse_rules", lambda e: (_ for _ in ()).throw(AssertionError("parsed")))
+    rules = E.parsed_rules(TEXT)
+    assert rules.shape == (100_000, 15) and not list(tmp_path.rglob("*.npz"))

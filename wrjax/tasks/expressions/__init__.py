@@ -18,80 +18,26 @@ here (``from wrjax.tasks.expressions import pretrain`` is the module).
 """
 
 from wrjax.tasks.expressions import grammar
-from wrjax.tasks.expressions.data import (
-    ExpressionData,
-    find_data_dir,
-    load_expressions,
-    novelty_key,
-    parsed_rules,
-)
-from wrjax.tasks.expressions.grammar import (
-    GRAMMAR,
-    MAX_LEN,
-    NUM_RULES,
-    TABLES,
-    expressions_to_one_hot,
-    parse_rules,
-    rules_to_expression,
-    tokenize,
-)
-from wrjax.tasks.expressions.model import (
-    LATENT_DIM,
-    LATENT_NOISE_STD,
-    GrammarVAE,
-    build_model,
-    decode_expressions,
-    decode_rules,
-    init_params,
-    log_likelihood,
-    majority_vote,
-    make_expressions_train_step,
-    model_config,
-    reconstruction_accuracy,
-)
-from wrjax.tasks.expressions.objective import (
-    DEFAULT_TARGET,
-    PAPER_TEXT_TARGET,
-    WORST_LOG_MSE,
-    evaluate,
-    score,
-    score_batch,
-)
+from wrjax.tasks.expressions.data import (ExpressionData, find_data_dir, load_expressions,
+                                          novelty_key, parsed_rules)
+from wrjax.tasks.expressions.grammar import (GRAMMAR, MAX_LEN, NUM_RULES, TABLES,
+                                             expressions_to_one_hot, parse_rules,
+                                             rules_to_expression, tokenize)
+from wrjax.tasks.expressions.model import (LATENT_DIM, LATENT_NOISE_STD, GrammarVAE, build_model,
+                                           decode_expressions, decode_rules, init_params,
+                                           log_likelihood, majority_vote,
+                                           make_expressions_train_step, model_config,
+                                           reconstruction_accuracy)
+from wrjax.tasks.expressions.objective import (DEFAULT_TARGET, PAPER_TEXT_TARGET, WORST_LOG_MSE,
+                                               evaluate, score, score_batch)
 from wrjax.tasks.expressions.task import CHECKPOINT_PREFIX, make_expressions_task
 
 __all__ = [
-    "grammar",
-    "GRAMMAR",
-    "TABLES",
-    "MAX_LEN",
-    "NUM_RULES",
-    "LATENT_DIM",
-    "LATENT_NOISE_STD",
-    "DEFAULT_TARGET",
-    "PAPER_TEXT_TARGET",
-    "WORST_LOG_MSE",
-    "CHECKPOINT_PREFIX",
-    "tokenize",
-    "parse_rules",
-    "expressions_to_one_hot",
-    "rules_to_expression",
-    "ExpressionData",
-    "find_data_dir",
-    "load_expressions",
-    "parsed_rules",
-    "novelty_key",
-    "evaluate",
-    "score",
-    "score_batch",
-    "GrammarVAE",
-    "log_likelihood",
-    "make_expressions_train_step",
-    "init_params",
-    "model_config",
-    "build_model",
-    "majority_vote",
-    "decode_rules",
-    "decode_expressions",
-    "reconstruction_accuracy",
-    "make_expressions_task",
-]
+    "grammar", "GRAMMAR", "TABLES", "MAX_LEN", "NUM_RULES", "LATENT_DIM", "LATENT_NOISE_STD",
+    "DEFAULT_TARGET", "PAPER_TEXT_TARGET", "WORST_LOG_MSE", "CHECKPOINT_PREFIX", "tokenize",
+    "parse_rules", "expressions_to_one_hot", "rules_to_expression", "ExpressionData",
+    "find_data_dir", "load_expressions", "parsed_rules", "novelty_key", "evaluate", "score",
+    "score_batch", "GrammarVAE", "log_likelihood", "make_expressions_train_step", "init_params",
+    "model_config", "build_model", "majority_vote", "decode_rules", "decode_expressions",
+    "reconstruction_accuracy", "make_expressions_task",
+]  # fmt: skip

@@ -114,17 +114,20 @@ def parsed_rules(
     once in ``cache_dir`` (default ``wrjax.paths.cache_dir("expressions")``: in a checkout
     the shipped checkpoint folder ``checkpoints/expressions``, which ships the cache of the
     data file) as ``expressions_rules_<sha256[:12]>.npz``, keyed by the SHA-256 of the
-    file's bytes, so a changed file is parsed again. If the folder is not writable the
-    rules are still returned (and parsed again next time).
+    file's bytes, so a changed file is parsed again. Without ``cache_dir``, the copy shipped
+    beside the models (an installed wheel's package data) is read too. If the folder is not
+    writable the rules are still returned (and parsed again next time).
     """
     text_path = Path(text_path)
     sha = _file_sha256(text_path)
-    path = Path(cache_dir or paths.cache_dir("expressions")) / f"expressions_rules_{sha[:12]}.npz"
+    name = f"expressions_rules_{sha[:12]}.npz"
+    path = Path(cache_dir or paths.cache_dir("expressions")) / name
     lines = text_path.read_text().splitlines()
-    if path.exists():
-        with np.load(path) as f:
-            if str(f["sha256"]) == sha and f["rules"].shape == (len(lines), G.MAX_LEN):
-                return f["rules"]
+    for candidate in [path] + ([] if cache_dir else _shipped_cache(name)):
+        if candidate.exists():
+            with np.load(candidate) as f:
+                if str(f["sha256"]) == sha and f["rules"].shape == (len(lines), G.MAX_LEN):
+                    return f["rules"]
     rules = np.full((len(lines), G.MAX_LEN), G.GRAMMAR.padding_rule, np.int8)
     for i, line in enumerate(lines):
         seq = G.parse_rules(line)
@@ -139,3 +142,12 @@ def parsed_rules(
     except OSError:
         pass
     return rules
+
+
+def _shipped_cache(name: str) -> list[Path]:
+    """The parsed-rule cache shipped with the models (``checkpoints/expressions`` or a wheel's
+    ``wrjax/_shipped/expressions``), if the models are found."""
+    try:
+        return [paths.shipped_checkpoint("expressions", "expr-k_inf").parent / name]
+    except FileNotFoundError:
+        return []
