@@ -169,6 +169,22 @@ def test_zinc_terms_cache(tmp_path, monkeypatch):
         chem.zinc_terms(data_dir=data, cache_dir=cache, processes=1, progress=False)
 
 
+def test_shipped_zinc_caches_are_found_not_recomputed(monkeypatch):
+    """The SELFIES, novelty keys and score terms of all ZINC molecules are read from the
+    caches shipped in checkpoints/chem (found by wrjax.paths.cache_dir), never recomputed."""
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed although the shipped cache is valid")
+
+    monkeypatch.setattr(chem.data, "parallel_map", boom)
+    assert paths.cache_dir("chem") == paths.repo_root() / "checkpoints" / "chem"
+    test = chem.load_zinc("test")
+    assert len(chem.zinc_selfies("test", progress=False)) == len(test)
+    keys = chem.zinc_novelty_keys("test", progress=False)
+    assert keys[:3] == [chem.novelty_key(s) for s in test[:3]]
+    assert chem.zinc_terms(progress=False).shape == (chem.NUM_ZINC, 3)
+
+
 def test_shipped_zinc_scores_match_direct_computation():
     if not (paths.cache_dir("chem") / "zinc250k_plogp_terms.npy").exists():
         pytest.fail("the shipped cache checkpoints/chem/zinc250k_plogp_terms.npy is missing")
