@@ -169,15 +169,21 @@ def test_zinc_terms_cache(tmp_path, monkeypatch):
         chem.zinc_terms(data_dir=data, cache_dir=cache, processes=1, progress=False)
 
 
-def test_shipped_zinc_caches_are_found_not_recomputed(monkeypatch):
+@pytest.mark.parametrize("cache", ["checkout", "elsewhere"])
+def test_shipped_zinc_caches_are_found_not_recomputed(cache, monkeypatch, tmp_path):
     """The SELFIES, novelty keys and score terms of all ZINC molecules are read from the
-    caches shipped in checkpoints/chem (found by wrjax.paths.cache_dir), never recomputed."""
+    caches shipped in checkpoints/chem, never recomputed: the checkout's cache folder
+    (wrjax.paths.cache_dir) or, with the cache elsewhere, the shipped models' folder."""
 
     def boom(*a, **k):
         raise AssertionError("recomputed although the shipped cache is valid")
 
     monkeypatch.setattr(chem.data, "parallel_map", boom)
-    assert paths.cache_dir("chem") == paths.repo_root() / "checkpoints" / "chem"
+    if cache == "elsewhere":
+        monkeypatch.setenv("WRJAX_CACHE_DIR", str(tmp_path))
+        assert not list(paths.cache_dir("chem").iterdir())
+    else:
+        assert paths.cache_dir("chem") == paths.repo_root() / "checkpoints" / "chem"
     test = chem.load_zinc("test")
     assert len(chem.zinc_selfies("test", progress=False)) == len(test)
     keys = chem.zinc_novelty_keys("test", progress=False)

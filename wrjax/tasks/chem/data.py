@@ -5,10 +5,11 @@
 :func:`wrjax.paths.data_dir` (``$WRJAX_ZINC_DIR`` first). :func:`zinc_scores` gives the scores
 of a split, computed once for all 249,456 molecules and cached as the three raw terms (so that
 any constants and floor reuse the cache); :func:`zinc_selfies` and :func:`zinc_novelty_keys`
-cache the SELFIES and novelty keys of all molecules the same way. The caches live in
-:func:`wrjax.paths.cache_dir` ``("chem")`` (``checkpoints/chem/`` of a checkout, where they are
-shipped, so that a fresh clone starts the task at once), each keyed by the input file's
-SHA-256.
+cache the SELFIES and novelty keys of all molecules the same way, each keyed by the input
+file's SHA-256. They are written to :func:`wrjax.paths.cache_dir` ``("chem")``
+(``checkpoints/chem/`` of a checkout, where they are shipped, so that a fresh clone starts the
+task at once) and also read from the folder of the shipped models (e.g.
+``$WRJAX_CHECKPOINT_DIR/chem`` for an installed package).
 """
 
 from __future__ import annotations
@@ -62,6 +63,21 @@ def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:
     return Path(cache_dir) if cache_dir else paths.cache_dir("chem")
 
 
+def _cache_dirs(cache_dir: str | os.PathLike | None) -> list[Path]:
+    """Where a cache is read from: ``cache_dir`` if given; else the writable cache folder and
+    then the folder of the shipped models (``$WRJAX_CHECKPOINT_DIR/chem`` for an installed
+    package: the caches are shipped beside the models), the first found winning."""
+    dirs = [_cache_dir(cache_dir)]
+    if not cache_dir:
+        try:
+            shipped = paths.shipped_checkpoint("chem", "selfies_gru_vae").parent
+        except FileNotFoundError:
+            shipped = None
+        if shipped is not None and shipped not in dirs:
+            dirs.append(shipped)
+    return dirs
+
+
 def _zinc_path(split: str, data_dir) -> Path:
     if split not in _SPLIT_FILES:
         raise ValueError(f"unknown split {split!r}; use one of {sorted(_SPLIT_FILES)}")
@@ -108,21 +124,24 @@ def zinc_terms(
 ) -> np.ndarray:
     """Raw terms ``(logP, SA, cycle)`` of all 249,456 ZINC molecules, ``(N, 3)`` float32.
 
-    Read from ``cache_dir/zinc250k_plogp_terms.npy`` when its JSON record names the same
-    input file (SHA-256) and row count; otherwise computed (a few minutes on 2 cores, with a
-    progress bar) and written there, with the input SHA and the RDKit version beside it.
-    float32 keeps the file at 3 MB; the terms are then exact to about 1e-6.
+    Read from ``cache_dir/zinc250k_plogp_terms.npy`` (default: the cache folder, then the
+    shipped models' folder) when its JSON record names the same input file (SHA-256) and row
+    count; otherwise computed (a few minutes on 2 cores, with a progress bar) and written to
+    the cache folder, with the input SHA and the RDKit version beside it. float32 keeps the
+    file at 3 MB; the terms are then exact to about 1e-6.
     """
     src = _zinc_path("all", data_dir)
+    sha = file_sha256(src)
+    for folder in [] if recompute else _cache_dirs(cache_dir):
+        npy, meta = folder / f"{_TERMS_NAME}.npy", folder / f"{_TERMS_NAME}.json"
+        if npy.exists() and meta.exists():
+            record = json.loads(meta.read_text())
+            if record.get("input_sha256") == sha:
+                terms = np.load(npy, allow_pickle=False)
+                if terms.shape == (record["rows"], 3):
+                    return terms
     cache = _cache_dir(cache_dir)
     npy, meta = cache / f"{_TERMS_NAME}.npy", cache / f"{_TERMS_NAME}.json"
-    sha = file_sha256(src)
-    if not recompute and npy.exists() and meta.exists():
-        record = json.loads(meta.read_text())
-        if record.get("input_sha256") == sha:
-            terms = np.load(npy, allow_pickle=False)
-            if terms.shape == (record["rows"], 3):
-                return terms
     smiles = load_zinc("all", data_dir=data_dir)
     terms = parallel_map(
         plogp_terms, smiles, processes=processes, progress=progress, desc="ZINC terms"
@@ -185,15 +204,18 @@ def _cached_zinc_strings(
     input file's SHA-256; returned for ``split``, aligned with :func:`load_zinc`."""
     src = _zinc_path("all", data_dir)
     sha = file_sha256(src)
-    path = _cache_dir(cache_dir) / f"zinc250k_{tag}_{sha[:12]}.txt.gz"
+    name = f"zinc250k_{tag}_{sha[:12]}.txt.gz"
     smiles = load_zinc("all", data_dir=data_dir)
     lines = None
-    if path.exists():
-        with gzip.open(path, "rt") as f:
-            lines = f.read().split("\n")
-        if len(lines) != len(smiles):
+    for folder in _cache_dirs(cache_dir):
+        if (folder / name).exists():
+            with gzip.open(folder / name, "rt") as f:
+                lines = f.read().split("\n")
+            if len(lines) == len(smiles):
+                break
             lines = None
     if lines is None:
+        path = _cache_dir(cache_dir) / name
         out = parallel_map(fn, smiles, processes=processes, progress=progress, desc=tag)
         lines = ["" if s is None else s for s in out]
         path.parent.mkdir(parents=True, exist_ok=True)
