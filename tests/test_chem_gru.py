@@ -157,6 +157,19 @@ def test_pretrain_resumes_exactly(small_data, key):
         cp.pretrain(key, tokens, **common, state=first)
 
 
+def test_pretrain_on_a_device_mesh_matches_one_device(small_data, key):
+    """``mesh=`` (``--data-parallel``): the same losses and parameters on a one-device mesh."""
+    from wrjax import parallel
+
+    _, vocab, tokens = small_data
+    common = dict(config=_ar_config(vocab.size, max_len=72), num_steps=2, batch_size=16,
+                  chunk_steps=2, progress=False)
+    plain, h1 = cp.pretrain(key, tokens, **common)
+    meshed, h2 = cp.pretrain(key, tokens, **common, mesh=parallel.data_mesh(jax.devices()[:1]))
+    assert h1.loss == h2.loss
+    jax.tree.map(np.testing.assert_array_equal, plain.params, meshed.params)
+
+
 #: The arguments the shipped GRU model's training state recorded (the old script's session).
 _GRU_SESSION_ARGS = {
     "preset": "gru", "max_len": None, "num_steps": None, "epochs": 30.0, "batch_size": 128,
