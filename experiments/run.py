@@ -33,20 +33,28 @@ def setting_name(k, retrain_every: int | None) -> str:
     return f"k{format_k(k)}_r{'never' if retrain_every is None else retrain_every}"
 
 
-def group_name(preset: str, budget: int, optimizer: str) -> str:
+def group_name(preset: str, budget: int, optimizer: str, refit: str | None = None) -> str:
     """``smoke-b20-grid``: the directory of the settings that share a preset, budget and
     optimiser (everything else a run depends on, but k and the retrain interval, and the
-    seed, comes from the preset)."""
-    return f"{preset}-b{int(budget)}-{optimizer}"
+    seed, comes from the preset). A GP refit schedule other than the preset's
+    (``--gp-refit``) is appended: ``paper-b500-gp-ei-incremental``."""
+    return f"{preset}-b{int(budget)}-{optimizer}" + (f"-{refit}" if refit else "")
 
 
 def resolve_config(task_name: str, preset: str, overrides: dict) -> RunConfig:
     """The preset's :class:`RunConfig` with the command line's ``overrides`` applied:
-    ``optimizer`` replaces the optimiser, the others (``k``, ``retrain_every``, ``budget``,
-    ...) are :class:`wrjax.LSOConfig` fields of ``config.loop``."""
+    ``optimizer`` replaces the optimiser, ``refit`` the GP refit schedule of its
+    :class:`wrjax.bo.BOConfig` (``"every-query"`` or ``"incremental"``), the others (``k``,
+    ``retrain_every``, ``budget``, ...) are :class:`wrjax.LSOConfig` fields of
+    ``config.loop``."""
     config = registry.get_config(task_name, preset)
     loop = dict(overrides)
     optimizer = loop.pop("optimizer", None)
+    refit = loop.pop("refit", None)
+    if refit is not None:
+        from wrjax.bo import BOConfig
+
+        config = dataclasses.replace(config, bo=dataclasses.replace(config.bo or BOConfig(), refit=refit))
     if unknown := sorted(set(loop) - _LSO_FIELDS):
         raise ValueError(f"not LSOConfig fields: {unknown}")
     config = config.with_loop(**loop)
@@ -56,7 +64,8 @@ def resolve_config(task_name: str, preset: str, overrides: dict) -> RunConfig:
 def setting_dir(workdir: Path, task_name: str, preset: str, overrides: dict) -> Path:
     """``WORKDIR/TASK/GROUP/SETTING``: where the seeds of one setting go."""
     c = resolve_config(task_name, preset, overrides)
-    group = group_name(preset, c.loop.get("budget", LSOConfig.budget), c.optimizer)
+    group = group_name(preset, c.loop.get("budget", LSOConfig.budget), c.optimizer,
+                       overrides.get("refit"))
     return Path(workdir) / task_name / group / setting_name(c.loop.get("k", 1e-3),
                                                              c.loop.get("retrain_every"))
 
@@ -98,8 +107,8 @@ def format_table(summaries: list[dict]) -> str:
     by_setting: dict[str, list[dict]] = {}
     for s in summaries:
         by_setting.setdefault(s["setting"], []).append(s)
-    lines = ["| setting | seeds | Top1 | Top10 | Top50 | evaluations | discarded | time/seed (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| setting | seeds | Top1 | Top10 | Top50 | evaluations | discarded | time/seed (s) "
+             "| s/query (median) |", "|---|---|---|---|---|---|---|---|---|"]
     for name, group in by_setting.items():
         cells = []
         for key in ("top1", "top10", "top50"):
@@ -115,7 +124,11 @@ def format_table(summaries: list[dict]) -> str:
         stalled = sum(g.get("status", "complete") != "complete" for g in group)
         # a stalled seed has fewer evaluations than the budget: say so where the numbers are
         label = name if not stalled else f"{name} ({stalled} stalled)"
-        lines.append(f"| {label} | {len(group)} | {' | '.join(cells)} | {n_eval:.0f} | {disc:.0f} | {secs:.0f} |")
+        per_query = [g["query_seconds"]["median"] for g in group
+                     if (g.get("query_seconds") or {}).get("median") is not None]
+        per_query = f"{np.median(per_query):.3g}" if per_query else "n/a"
+        lines.append(f"| {label} | {len(group)} | {' | '.join(cells)} | {n_eval:.0f} | {disc:.0f} "
+                     f"| {secs:.0f} | {per_query} |")
     return "\n".join(lines)
 
 
@@ -161,6 +174,10 @@ def main(argv=None):
                     help="evaluations between retrains, or 'none'")
     ap.add_argument("--budget", type=positive_int)
     ap.add_argument("--optimizer", choices=registry.OPTIMIZERS)
+    ap.add_argument("--gp-refit", choices=("every-query", "incremental"),
+                    help="the sparse GP's schedule within a retrain cycle: a warm refit before "
+                    "every query (the authors'), or rank-one conditioning with refits on a schedule "
+                    "(wrjax.bo.GPFitConfig.refit); default: the preset's")
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--workdir", type=Path, default=Path("runs"))
     ap.add_argument("--no-progress", action="store_true")
@@ -177,6 +194,8 @@ def main(argv=None):
         overrides["budget"] = args.budget
     if args.optimizer is not None:
         overrides["optimizer"] = args.optimizer
+    if args.gp_refit is not None:
+        overrides["refit"] = args.gp_refit
     seeds = args.seeds if args.seeds is not None else preset.seeds
     try:
         summaries = run_setting(args.task, args.preset, overrides, seeds, args.workdir,
@@ -189,6 +208,10 @@ def main(argv=None):
         best = s["best"][0] if s["best"] else None
         if best is not None:
             print(f"seed {s['seed']}: best {best['score']:.4g} at evaluation {best['eval']}: {best['text'][:80]}")
+        q = s.get("query_seconds") or {}
+        if q.get("median") is not None:
+            print(f"seed {s['seed']}: {q['median']:.3g} s per query (median of {q['count']}; "
+                  f"90th percentile {q['p90']:.3g} s)")
     if not args.no_plot:
         from experiments.plot import plot_settings
 

@@ -1,5 +1,6 @@
 """The experiment CLI and the ablation runner on the toy task: records, summaries, plots."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -179,3 +180,16 @@ def test_pretrain_toy_writes_a_model_record(tmp_path, capsys):
     for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert "wrote" in capsys.readouterr().out
+
+
+def test_gp_refit_override_reaches_the_optimizer_config_and_the_run_directory(tmp_path):
+    from experiments.run import resolve_config, setting_dir
+
+    base = resolve_config("expressions", "smoke", {})
+    inc = resolve_config("expressions", "smoke", {"refit": "incremental"})
+    assert base.bo.refit == "every-query" and inc.bo.refit == "incremental"
+    # Everything else of the preset's GP is kept.
+    assert dataclasses.replace(inc.bo, refit="every-query") == base.bo
+    d0 = setting_dir(tmp_path, "expressions", "smoke", {})
+    d1 = setting_dir(tmp_path, "expressions", "smoke", {"refit": "incremental"})
+    assert d0 != d1 and d1.parent.name.endswith("-incremental") and d0.name == d1.name

@@ -93,6 +93,15 @@ def test_budget_statuses_and_retrain_schedule(toy, tmp_path):
     assert summary["counts"] == {"ok": 3, "invalid": 1, "duplicate": 2, "objective-error": 2}
     assert summary["num_evaluations"] == 5 and summary["status"] == "complete"
     assert summary["retrain_points"] == [2, 4]
+    # Seconds per query: one gap per pair of consecutive proposals within a cycle, recomputed
+    # here from the records' own clock times.
+    last = {}
+    for r in res.records:
+        last[(r["cycle"], r["proposal"])] = r["wall_time"]
+    gaps = [t - last[(c, p - 1)] for (c, p), t in last.items() if (c, p - 1) in last]
+    q = summary["query_seconds"]
+    assert q["count"] == len(gaps) > 0
+    assert q["median"] == pytest.approx(np.median(gaps), abs=1e-4)
 
 
 def test_consecutive_discards_are_capped(toy, tmp_path):

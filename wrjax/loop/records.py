@@ -174,6 +174,28 @@ class RecordBook:
         self._f.close()
 
 
+def query_seconds(records: list[dict]) -> dict:
+    """Wall seconds per query of a run: the time between one proposal's last record and the
+    next proposal's within a cycle (the optimiser's proposal, decoding and evaluation; the
+    retrain between cycles is excluded). ``{"median", "p90", "count"}``, ``None`` values when
+    no cycle has two proposals.
+
+    >>> recs = [dict(cycle=0, proposal=p, wall_time=t) for p, t in [(0, 0.0), (1, 0.5), (1, 0.6),
+    ...         (2, 1.6)]] + [dict(cycle=1, proposal=0, wall_time=9.0)]
+    >>> query_seconds(recs)
+    {'median': 0.8, 'p90': 0.96, 'count': 2}
+    """
+    last: dict[tuple, float] = {}
+    for r in records:
+        if r.get("wall_time") is not None and r.get("proposal") is not None:
+            last[(r.get("cycle"), r["proposal"])] = float(r["wall_time"])
+    gaps = [t - last[(c, p - 1)] for (c, p), t in last.items() if (c, p - 1) in last]
+    if not gaps:
+        return {"median": None, "p90": None, "count": 0}
+    return {"median": round(float(np.median(gaps)), 4), "p90": round(float(np.percentile(gaps, 90)), 4),
+            "count": len(gaps)}
+
+
 def summarize(task_name: str, config_json: dict, records: list[dict], status: str,
               cycle_len: int, seconds: float) -> tuple[np.ndarray, dict, dict]:
     """``(scores, curves, summary)`` of a finished (or stalled) run."""
@@ -197,5 +219,6 @@ def summarize(task_name: str, config_json: dict, records: list[dict], status: st
         else [],
         "curves": {k: [None if np.isnan(x) else float(x) for x in v] for k, v in curves.items()},
         "seconds": seconds,
+        "query_seconds": query_seconds(records),
     }
     return scores, curves, summary
