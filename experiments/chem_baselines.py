@@ -39,8 +39,7 @@ from wrjax.tasks import chem
 from wrjax.tasks.chem import ga as chem_ga
 from wrjax.tasks.chem import model as cm
 
-_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = _ROOT / "runs" / "chem-baselines"
+DEFAULT_OUT = Path("runs") / "chem-baselines"  # relative to the working directory, as run.py's runs/
 METHODS = ("random", "ga")
 KS = (1, 10, 50)
 

@@ -34,11 +34,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from wrjax import paths
 from wrjax.tasks import chem
 from wrjax.tasks.chem import model as cm
 
-_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = _ROOT / "experiments" / "results" / "chem" / "model_report.json"
+# In a checkout the report is the recorded one; from an install it goes to the working directory.
+DEFAULT_OUT = (paths.repo_root() or Path.cwd()) / "experiments" / "results" / "chem" / "model_report.json"
 
 
 def parse_args(argv):
