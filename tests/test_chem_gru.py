@@ -221,6 +221,29 @@ def test_chem_model_encodes_and_decodes(small_data, key, tmp_path):
         model.encode("CCO")
 
 
+def test_report_round_trip_against_the_model_api(small_data, key, tmp_path):
+    """experiments.chem_report's round-trip fraction equals encode -> decode -> score through
+    the public ChemModel API, counting an untokenisable molecule as a failure."""
+    from experiments.chem_report import roundtrip_fraction
+
+    smiles, vocab, _ = small_data
+    config = _ar_config(vocab.size, max_len=72)
+    cm.save_checkpoint(tmp_path / "m", cm.init_params(key, config), config, vocab, {"epochs": 0})
+    model = chem.load_model(tmp_path / "m")
+    objective = chem.make_objective("plogp")
+    mols = [{"text": s, "score": objective(s)} for s in smiles[:6]]
+    decoded = model.decode(model.encode([m["text"] for m in mols]))
+    # Pretend the decodes' own scores were found: those are within 0.5 by construction.
+    found = [{"text": m["text"], "score": objective(d) if d else -99.0} for m, d in zip(mols, decoded)]
+    want = sum(d != "" for d in decoded) / 6
+    assert roundtrip_fraction(model, model.params, found, objective) == pytest.approx(want)
+    shifted = [dict(m, score=m["score"] + 0.6) for m in found]
+    assert roundtrip_fraction(model, model.params, shifted, objective) == 0.0
+    too_long = {"text": "C" * 200, "score": 0.0}  # 200 symbols: cannot be tokenised in 72
+    assert roundtrip_fraction(model, model.params, found + [too_long], objective) == pytest.approx(
+        want * 6 / 7)
+
+
 # ------------------------------------------------------------------ objectives
 
 

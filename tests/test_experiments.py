@@ -77,16 +77,25 @@ def test_chem_report_ranks_unique_molecules_with_heavy_atoms(tmp_path, capsys):
     def rec(text, score, status="ok"):
         return json.dumps({"status": status, "text": text, "key": text, "score": score})
 
-    runs = tmp_path / "runs"
+    runs, base = tmp_path / "runs", tmp_path / "baselines"
     for seed, lines in {"seed0": [rec("CCO", 1.0), rec("c1ccccc1", 3.0), rec("C1CC", None, "invalid")],
                         "seed1": [rec("CCO", 1.0), rec("CCCCCC", 2.0)]}.items():  # fmt: skip
-        (runs / "k1e-03_r50" / seed).mkdir(parents=True)
-        (runs / "k1e-03_r50" / seed / "records.jsonl").write_text("\n".join(lines) + "\n")
-    chem_report.main(["--runs", str(runs), "--out", str(tmp_path / "out")])
-    table = (tmp_path / "out" / "top3.md").read_text()
+        (runs / "k1e-3_r50" / seed).mkdir(parents=True)
+        (runs / "k1e-3_r50" / seed / "records.jsonl").write_text("\n".join(lines) + "\n")
+    (base / "ga" / "seed_0").mkdir(parents=True)
+    (base / "ga" / "seed_0" / "records.jsonl").write_text(rec("CCCC", 0.5) + "\n" + rec("CCN", 4.0) + "\n")
+    chem_report.main(["--runs", str(runs), "--baselines", str(base), "--out", str(tmp_path / "out")])
+    top3 = (tmp_path / "out" / "top3.md").read_text()
     # Benzene 6 heavy atoms, hexane 6, ethanol 3; CCO counted once although found twice.
-    assert "| k1e-03_r50 | 2 | 3.00 (6) | 2.00 (6) | 1.00 (3) | 3.00, 2.00 |" in table
+    assert "| weighted retraining (k = 1e-3, every 50) | 2 | 3.00 (6) | 2.00 (6) | 1.00 (3) | 3.00, 2.00 |" in top3
+    assert "| genetic algorithm (SELFIES) | 1 | 4.00 (3) | 0.50 (4) | - | 4.00 |" in top3
+    table = (tmp_path / "out" / "table.md").read_text().splitlines()
+    # Top1 per seed 3 and 2: mean 2.5, s.e. std([3, 2], ddof=1) / sqrt(2) = 0.5; the rows in
+    # the paper's order, the baselines last.
+    assert table[2].startswith("| weighted retraining (k = 1e-3, every 50) | 2 | 2.50 ± 0.50 | n/a | n/a | 2 |")
+    assert table[3].startswith("| genetic algorithm (SELFIES) | 1 | 4.00 ± 0.00 |")
     assert (tmp_path / "out" / "best_molecules.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "out" / "topk.png").read_bytes()[:4] == b"\x89PNG"
 
 
 # ---------------------------------------------------------------------------------------------
