@@ -50,6 +50,8 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", type=Path, action="append", default=[])
     p.add_argument("--top", type=int, default=50, help="molecules per run for the round trip")
+    p.add_argument("--objective", choices=chem.OBJECTIVES, default="plogp",
+                   help="rescores the round trip's decodes")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
     if args.num < 2:
@@ -121,24 +123,17 @@ def prior(model: cm.ChemModel, key, num: int) -> tuple[dict, list[str]]:
     return rates._asdict(), [s for s in samples if chem.novelty_key(s) is not None]
 
 
-def round_trip(model: cm.ChemModel, run_dirs: list[Path], top: int) -> dict:
-    """Of each run's ``top`` best molecules, how many keep their score through encode-decode."""
+def round_trip(model: cm.ChemModel, run_dirs: list[Path], top: int, objective: str = "plogp") -> dict:
+    """Of each run's ``top`` best unique molecules, the fraction that keeps its score (within
+    0.5, rescored with ``objective``) through encode-decode (``experiments.chem_report``'s rule)."""
+    from experiments.chem_report import best_unique, load_records, roundtrip_fraction
+
+    fn = chem.make_objective(objective)
     out = {}
     for run in run_dirs:
-        recs = [json.loads(line) for line in (run / "records.jsonl").read_text().splitlines()]
-        found = [r for r in recs if r.get("status") == "ok" and r.get("text")]
-        found.sort(key=lambda r: -r["score"])
-        best = found[:top]
-        if not best:
-            out[str(run)] = {"num": 0}
-            continue
-        smiles = [r["text"] for r in best]
-        z = model.encode(smiles, errors="nan")
-        fine = ~np.isnan(z[:, 0])
-        back = model.decode(np.nan_to_num(z))
-        again = chem.penalized_logp_batch(back, progress=False)
-        kept = [bool(f and abs(a - r["score"]) <= 0.5) for f, a, r in zip(fine, again, best)]
-        out[str(run)] = {"num": len(best), "kept_within_0.5": float(np.mean(kept))}
+        best = best_unique(load_records(run), top)
+        out[str(run)] = {"num": len(best)} if not best else {
+            "num": len(best), "kept_within_0.5": roundtrip_fraction(model, model.params, best, fn)}
     return out
 
 
@@ -161,7 +156,7 @@ def main(argv=None) -> dict:
     report["prior_descriptors"] = descriptors(valid_samples)
     report["zinc_test_descriptors"] = descriptors(pick)
     if args.run_dir:
-        report["round_trip"] = round_trip(model, args.run_dir, args.top)
+        report["round_trip"] = round_trip(model, args.run_dir, args.top, args.objective)
     report["seconds"] = time.perf_counter() - t0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, allow_nan=True))
