@@ -2,8 +2,9 @@
 
     python -m experiments.sweep TASK [--preset P] [--k K] [--retrain-every R] [--extra-k K ...]
                                 [--seeds S ...] [--budget B] [--workdir runs]
-                                [--engine auto|ray|local] [--address ADDR] [--workers N]
-                                [--cpus-per-run 1] [--gpus-per-run 0] [--max-retries 3]
+                                [--engine auto|ray|local] [--address ADDR] [--num-cpus N]
+                                [--workers N] [--cpus-per-run 1] [--gpus-per-run 0]
+                                [--max-retries 3]
 
 Each job is one seed of one setting: the same resumable ``wrjax.run`` in the same directory as
 ``experiments.run`` and ``experiments.ablation`` use, so a job retried after its worker died
@@ -12,7 +13,9 @@ again only runs what is unfinished. The sweep ends by writing the ablation's tab
 (``ablation.md``, ``ablation_topk.png``) from the finished seeds.
 
 Engines: ``ray`` runs the jobs as Ray tasks with resource requests (``--cpus-per-run``,
-``--gpus-per-run``), on a local Ray instance or on the running cluster at ``--address``
+``--gpus-per-run``), on a new local Ray instance with ``--num-cpus`` CPUs (default: all of this
+machine's) or on the running cluster at ``--address`` (``auto``: the one ``ray start`` started
+on this machine), and retries a job whose worker died ``--max-retries`` times
 (``pip install -e ".[sweep]"``); ``local`` runs them in ``--workers`` spawned processes;
 ``auto`` (default) is ``ray`` when it is installed, else ``local``. Progress: one line per
 finished job and an overall bar.
@@ -57,12 +60,15 @@ def parse_args(argv):
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--workdir", type=Path, default=Path("runs"))
     ap.add_argument("--engine", choices=["auto", "ray", "local"], default="auto")
-    ap.add_argument("--address", help="a running Ray cluster (default: a local instance)")
+    ap.add_argument("--address", help="a running Ray cluster, or auto (default: a local instance)")
+    ap.add_argument("--num-cpus", type=positive_int, help="CPUs of the local Ray instance")
     ap.add_argument("--workers", type=positive_int, default=2, help="local engine processes")
     ap.add_argument("--cpus-per-run", type=float, default=1.0)
     ap.add_argument("--gpus-per-run", type=float, default=0.0)
-    ap.add_argument("--max-retries", type=int, default=3)
+    ap.add_argument("--max-retries", type=int, default=3, help="Ray: retries after a worker died")
     args = ap.parse_args(argv)
+    if args.address is not None and args.num_cpus is not None:
+        ap.error("--num-cpus is for a local Ray instance, not with --address")
     preset = check_preset(ap, args.task, args.preset)
     if args.engine == "auto":
         try:
@@ -99,13 +105,26 @@ def _run_local(jobs, workers):
 def _run_ray(jobs, args):
     import ray
 
-    ray.init(address=args.address, ignore_reinit_error=True, log_to_driver=False)
-    remote = ray.remote(num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run,
-                        max_retries=args.max_retries, retry_exceptions=False)(run_job)  # fmt: skip
-    pending = [remote.remote(*j) for j in jobs]
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        yield ray.get(done[0])
+    started = not ray.is_initialized()  # else: the caller's connection, left open
+    if started:
+        # no address: a new local instance, never a cluster that happens to run on this machine
+        ray.init(address=args.address or "local", num_cpus=args.num_cpus, log_to_driver=False)
+    try:
+        if started and args.address is None:  # it never grows: a request over its size hangs
+            have = ray.cluster_resources()
+            for name, want in (("CPU", args.cpus_per_run), ("GPU", args.gpus_per_run)):
+                if want > have.get(name, 0):
+                    raise SystemExit(f"a run asks for {want} {name}s; the local Ray instance has "
+                                     f"{have.get(name, 0):g}")  # fmt: skip
+        remote = ray.remote(num_cpus=args.cpus_per_run, num_gpus=args.gpus_per_run,
+                            max_retries=args.max_retries, retry_exceptions=False)(run_job)  # fmt: skip
+        pending = [remote.remote(*j) for j in jobs]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def report(args, preset) -> str:
