@@ -185,10 +185,10 @@ def main(argv=None):
             if not ok:
                 continue
             scores = np.array([r["score"] for r in ok], np.float64)
-            curves.append(metrics.topk_curves(scores, KS))
-            ranked = np.sort(scores)[::-1]
-            for k in KS:
-                finals[k].append(float(ranked[k - 1]) if len(ranked) >= k else None)
+            curve = metrics.topk_curves(scores, KS)
+            curves.append(curve)
+            for k in KS:  # the curve's end: the K-th best of the run (NaN with fewer than K)
+                finals[k].append(float(curve[f"top{k}"][-1]))
             n_evals.append(len(ok))
             secs.append(run_seconds(d))
             best = max(ok, key=lambda r: r["score"])
