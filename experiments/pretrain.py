@@ -107,6 +107,10 @@ def build_parser(tasks=TASKS) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
+    if "--distributed" in argv:  # first: importing the tasks' modules starts JAX's backend
+        from wrjax import parallel
+
+        parallel.initialize_distributed()
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command = "python experiments/pretrain.py " + shlex.join(argv)

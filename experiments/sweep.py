@@ -90,7 +90,9 @@ def jobs_of(args, preset) -> list[tuple[str, str, dict, int, str]]:
     r = args.retrain_every if args.retrain_every is not None else preset.loop.get("retrain_every", 50)
     seeds = args.seeds if args.seeds is not None else preset.seeds
     extra = {} if args.budget is None else {"budget": args.budget}
-    return [(args.task, args.preset, {"k": kk, "retrain_every": rr, **extra}, int(s), str(args.workdir))
+    # absolute: a Ray worker runs in its raylet's folder (where `ray start` ran), not the sweep's
+    workdir = str(Path(args.workdir).absolute())
+    return [(args.task, args.preset, {"k": kk, "retrain_every": rr, **extra}, int(s), workdir)
             for kk, rr in ablation_settings(k, r, args.extra_k) for s in seeds]  # fmt: skip
 
 

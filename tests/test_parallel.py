@@ -66,3 +66,51 @@ def test_large_arrays_are_sharded_small_ones_replicated(two_device_result):
     assert two_device_result["w_spec"][0] == "data"
     assert two_device_result["w_shard_shape"] == [4, 6]  # (8, 6) split in two along axis 0
     assert two_device_result["b_shard_shape"] == [3]  # too small: a full copy
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_pretrain_like_two_devices(tmp_path):
+    """`experiments/pretrain.py chem --data-parallel --distributed` as 2 processes on localhost
+    (one CPU device each): the same losses and parameters as one process with 2 forced
+    devices, and only process 0 writes."""
+    import jax
+    import numpy as np
+    from flax import serialization
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, "experiments/pretrain.py", "chem", "--preset", "cpu", "--num-steps",
+           "4", "--batch-size", "16", "--num-train", "256", "--chunk-steps", "2",
+           "--warmup-steps", "0", "--num-eval", "16", "--prior-samples", "16", "--processes",
+           "1", "--data-parallel"]  # fmt: skip
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    one = subprocess.run(cmd + ["--out", str(tmp_path / "dev2" / "m")], cwd=root, timeout=600,
+                         env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+                         capture_output=True, text=True)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "data-parallel over 2 devices, 1 process(es)" in one.stdout
+    port = _free_port()
+    procs = [subprocess.Popen(cmd + ["--distributed", "--out", str(tmp_path / "mp" / "m")],
+                              cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=dict(env, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                       JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+             for i in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    assert all("data-parallel over 2 devices, 2 process(es)" in o for o in outs)
+    assert "wrote" in outs[0] and "wrote" not in outs[1]  # only process 0 writes
+    a, b = tmp_path / "dev2" / "m", tmp_path / "mp" / "m"
+    ha, hb = (json.loads(p.with_suffix(".json").read_text())["history"] for p in (a, b))
+    assert ha["step"] == hb["step"] == [2, 4]
+    np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-5)
+    pa, pb = (serialization.msgpack_restore(p.with_suffix(".msgpack").read_bytes()) for p in (a, b))
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)

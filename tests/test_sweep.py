@@ -84,6 +84,15 @@ def test_ray_engine_without_ray_is_a_usage_error():
         pytest.skip("Ray is installed: the usage error cannot occur")
 
 
+def test_jobs_get_an_absolute_workdir(tmp_path, monkeypatch):
+    """A Ray worker runs in the folder where its cluster's `ray start` ran: a relative
+    --workdir would put the runs there and leave the sweep's report with no finished seeds."""
+    monkeypatch.chdir(tmp_path)
+    args, preset = sweep.parse_args(ARGS + ["--workdir", "rel/sweep"])
+    jobs = sweep.jobs_of(args, preset)
+    assert len(jobs) == 8 and {j[-1] for j in jobs} == {str(tmp_path / "rel" / "sweep")}
+
+
 def test_num_cpus_is_for_a_local_ray_instance():
     with pytest.raises(SystemExit) as e:
         sweep.main(["toy", "--engine", "local", "--address", "auto", "--num-cpus", "2"])

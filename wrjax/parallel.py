@@ -23,6 +23,7 @@ same mesh spans them.
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import jax
@@ -87,9 +88,19 @@ def shard_large(tree: PyTree, mesh: Mesh, *, min_size: int = 2**18, axis: str = 
 
 
 def initialize_distributed(**kwargs) -> None:
-    """``jax.distributed.initialize(**kwargs)`` once per process, for multi-host runs.
+    """``jax.distributed.initialize(**kwargs)`` once per process, for multi-host runs (a second
+    call does nothing). Call it before anything starts JAX's backend (a computation, even
+    ``jnp.asarray`` at import time, or ``jax.devices()``).
 
-    Without arguments JAX reads the cluster from the environment (SLURM, Open MPI, Cloud TPU
-    or ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``).
+    Without arguments the cluster comes from the environment: ``JAX_COORDINATOR_ADDRESS``
+    (``host:port`` of process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (read here: JAX
+    itself reads only the address), else JAX's detection (SLURM, Open MPI, Cloud TPU). On CPU
+    the processes' collectives go through gloo (JAX's default
+    ``jax_cpu_collectives_implementation``).
     """
+    if jax.distributed.is_initialized():
+        return
+    for name, var in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+        if kwargs.get(name) is None and os.environ.get(var):
+            kwargs[name] = int(os.environ[var])
     jax.distributed.initialize(**kwargs)

@@ -325,7 +325,11 @@ def main(args: argparse.Namespace) -> dict:
     command = args.command
     out = Path(args.out) if args.out else Path(args.checkpoint_dir) / DEFAULT_NAMES[args.preset]
     if args.distributed:
+        if args.time_limit is not None:  # each process would stop after its own chunk: a hang
+            raise SystemExit("--time-limit is not supported with --distributed")
         parallel.initialize_distributed()
+    # several processes (--distributed): each trains its share, only the first one writes
+    writer = jax.process_index() == 0
     t_start = time.perf_counter()
     key = jax.random.key(args.seed)
     train_key, prior_key = jax.random.split(key)
@@ -372,9 +376,14 @@ def main(args: argparse.Namespace) -> dict:
 
     def save_state(st, hist, force=False):
         if force or time.perf_counter() - last_save[0] >= args.checkpoint_every:
-            save_training_state(train_path, st, hist, args, command)
+            if writer:  # the state is replicated: every process holds all of it
+                save_training_state(train_path, st, hist, args, command)
             last_save[0] = time.perf_counter()
 
+    mesh = parallel.data_mesh() if args.data_parallel else None
+    if mesh is not None:
+        n = jax.process_count()
+        print(f"data-parallel over {mesh.size} devices, {n} process(es)", flush=True)
     if not args.finalize:
         state, history = pretrain(
             train_key,
@@ -393,11 +402,13 @@ def main(args: argparse.Namespace) -> dict:
             state=state,
             history=history,
             on_chunk=save_state,
-            mesh=parallel.data_mesh() if args.data_parallel else None,
+            mesh=mesh,
         )
         save_state(state, history, force=True)
     train_seconds = history.seconds[-1] if history.seconds else 0.0
     params = state.params
+    if jax.process_count() > 1:  # replicated over the processes: evaluate a local copy
+        params = jax.tree.map(np.asarray, params)
     model = cm.SelfiesVAE(config)
     steps_done = int(state.step)
 
@@ -458,7 +469,8 @@ def main(args: argparse.Namespace) -> dict:
         "history": history._asdict(),
         "results": results,
     }
-    args.save(out, params, config=config.to_json(), record={**meta, "vocab": vocab.to_json()})
+    if writer:
+        args.save(out, params, config=config.to_json(), record={**meta, "vocab": vocab.to_json()})
     print(f"after {train_seconds:.0f}s of training")
     print(
         f"held-out reconstruction: token {recon.token_accuracy:.3f}, sequence "
