@@ -50,7 +50,6 @@ import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -65,6 +64,9 @@ import numpy as np  # noqa: E402
 from wrjax import acquisition as acq  # noqa: E402
 from wrjax import bo, gp, gp_update  # noqa: E402
 from wrjax.precision import float64_scope  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+import machine  # noqa: E402 - the module beside this script
 
 HERE = Path(__file__).resolve().parent
 
@@ -302,8 +304,8 @@ def markdown(args, rows, wall):
     lines = ["## bo_step", ""]
     lines.append(
         f"One BO query on synthetic data, N = {args.n:,}, M = {args.m}, {args.restarts} restarts. "
-        f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores (shared with other jobs), "
-        f"jax {jax.__version__}, OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}. "
+        f"Machine: {machine.describe()}, load average {os.getloadavg()[0]:.1f} at the end, "
+        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')}. "
         f"Command: `{' '.join(['python', 'benchmarks/bo_step.py'] + sys.argv[1:])}` "
         f"(wall time {wall / 60:.1f} min)."
     )
@@ -682,24 +684,10 @@ def bench_schedule(args, d):
                 first_steps=int(info0.num_steps), first_converged=bool(info0.converged))
 
 
-def _machine():
-    cpu, avx512 = platform.processor() or platform.machine(), False
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        names = [l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")]
-        cpu = names[0] if names else cpu
-        avx512 = " avx512f" in info
-    except OSError:
-        pass
-    return (f"{platform.machine()} CPU ({cpu}), {os.cpu_count()} cores, AVX-512 "
-            f"{'present' if avx512 else 'absent'}, no GPU; jax {jax.__version__}")
-
-
 def gp_markdown(args, out, wall):
     lines = [
         f"### GP-level query costs (`--sections {' '.join(args.sections)}`)", "",
-        f"Machine: {_machine()}; shared with a background training job (load average "
-        f"{os.getloadavg()[0]:.1f} at the end), so absolute times are inflated and noisy; every "
+        f"Machine: {machine.describe()}; load average {os.getloadavg()[0]:.1f} at the end; every "
         "comparison below ran in one process, jit warmed up (compile excluded), "
         "`block_until_ready`, medians of repeats. LAPACK threads: wrjax's import default (1). "
         f"Command: `{' '.join(['python', 'benchmarks/bo_step.py'] + sys.argv[1:])}` "
@@ -829,6 +817,8 @@ def main():
     p.add_argument("--curve-n", type=int, nargs="+", default=[1_000, 5_000, 10_000, 20_000, 50_000])
     p.add_argument("--curve-m", type=int, nargs="+", default=[100, 250, 500, 1_000])
     p.add_argument("--write", action="store_true", help="write the bo_step section of RESULTS.md")
+    p.add_argument("--curve-json", type=Path,
+                   help="also write the curve rows as JSON (benchmarks/plot_scaling.py draws them)")
     args = p.parse_args()
     t0 = time.perf_counter()
     if "bo" in args.sections:
@@ -858,6 +848,11 @@ def main():
             sec["threads"] = bench_threads(args, d)
     if "curve" in gp_sections:
         out.setdefault(args.curve_dim, {})["curve"] = bench_curve(args, args.curve_dim)
+        if args.curve_json:
+            args.curve_json.write_text(json.dumps({
+                "dim": args.curve_dim, "rows": out[args.curve_dim]["curve"],
+                "machine": machine.describe(),
+                "command": " ".join(sys.argv)}, indent=1))  # fmt: skip
     text = gp_markdown(args, out, time.perf_counter() - t1)
     print(text)
     if args.write:

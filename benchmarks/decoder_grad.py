@@ -41,6 +41,9 @@ import optax
 from wrjax.tasks import shapes
 from wrjax.vae import fit, init_train_state, make_train_step
 
+sys.path.insert(0, str(Path(__file__).parent))
+from torch_reference import torch_step_ms  # noqa: E402 - torch-only module beside this script
+
 BATCH = 32
 REFERENCE = "convtranspose/plain"
 CONFIGS = (
@@ -126,77 +129,6 @@ def grad_error(preset: str, config: str, batch) -> float:
     num = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)))
     den = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(g_ref))
     return num / den
-
-
-def torch_step_ms(preset: str, batch_np: np.ndarray, repeats: int):
-    """The same model in PyTorch (ConvTranspose2d decoder), Adam step, CPU. None if no torch."""
-    try:
-        import torch
-        from torch import nn
-    except ImportError:
-        return None
-    torch.manual_seed(0)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-
-    def conv(cin, cout, k, s):
-        return nn.Conv2d(cin, cout, k, stride=s, padding=(k - 1) // 2)
-
-    def convt(cin, cout, k, s):
-        p = (k - 1) // 2
-        return nn.ConvTranspose2d(cin, cout, k, stride=s, padding=p, output_padding=s - 1)
-
-    if preset == "squares2d":
-        enc_c = [(1, 4, 3, 1), (4, 8, 5, 2), (8, 8, 3, 1), (8, 16, 5, 2), (16, 16, 3, 1), (16, 16, 3, 1),
-                 (16, 16, 5, 2), (16, 16, 3, 1), (16, 16, 3, 1), (16, 16, 5, 2), (16, 16, 3, 1)]
-        enc_fc, d = [256, 32], 2
-        dec_fc, start = [32, 256], (16, 4, 4)
-        dec_c = [(16, 32, 3, 1), (32, 32, 5, 2), (32, 32, 3, 1), (32, 16, 5, 2), (16, 16, 3, 1),
-                 (16, 16, 3, 1), (16, 16, 5, 2), (16, 8, 3, 1), (8, 8, 3, 1), (8, 8, 5, 2), (8, 1, 3, 1)]
-    else:
-        enc_c = [(1, 32, 5, 2), (32, 64, 5, 2), (64, 128, 5, 2)]
-        enc_fc, d = [8192, 4096, 1024], 5
-        dec_fc, start = [1024, 4096, 8192], (128, 8, 8)
-        dec_c = [(128, 64, 5, 2), (64, 32, 5, 2), (32, 1, 5, 2)]
-    enc = []
-    for cin, cout, k, s in enc_c:
-        enc += [conv(cin, cout, k, s), nn.ReLU()]
-    enc.append(nn.Flatten())
-    for a, b in zip(enc_fc[:-1], enc_fc[1:]):
-        enc += [nn.Linear(a, b), nn.ReLU()]
-    enc.append(nn.Linear(enc_fc[-1], 2 * d))
-    dec = []
-    for a, b in zip([d] + dec_fc[:-1], dec_fc):
-        dec += [nn.Linear(a, b), nn.ReLU()]
-    dec.append(nn.Unflatten(1, start))
-    for i, (cin, cout, k, s) in enumerate(dec_c):
-        dec.append(convt(cin, cout, k, s) if s > 1 else conv(cin, cout, k, s))
-        if i < len(dec_c) - 1:
-            dec.append(nn.ReLU())
-    enc, dec = nn.Sequential(*enc), nn.Sequential(*dec)
-    params = list(enc.parameters()) + list(dec.parameters())
-    opt = torch.optim.Adam(params, lr=1e-3)
-    x = torch.as_tensor(batch_np, dtype=torch.float32)[:, None]
-
-    def step():
-        out = enc(x)
-        mu, logvar = out[:, :d], out[:, d:]
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        logits = dec(z)
-        nll = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum((1, 2, 3))
-        kl = 0.5 * (logvar.exp() + mu**2 - 1 - logvar).sum(1)
-        loss = (nll + kl).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times), torch.__version__
 
 
 def main(argv=None):
