@@ -3,10 +3,16 @@ EI, and weighted retraining with each other optimiser (``wrjax.latent_bo``).
 
 Rows (each over the preset's seeds, or ``--seeds``):
 
-* ``plain LSO``: GP-EI, no weighting (k = inf), no retraining;
+* ``plain LSO``: the preset's optimiser (the paper's: the grid on shapes, GP-EI on the other
+  tasks), no weighting (k = inf), no retraining;
 * ``WR + <optimizer>``: k and retraining interval of the preset (the paper: 1e-3, every 50),
-  for each name in ``--optimizers`` (default: gp-ei, the paper's; random; thompson;
-  trust-region-ei; trust-region-ts; and constrained-ei where the task defines a constraint).
+  for each name in ``--optimizers`` (default: the preset's optimiser, then gp-ei; random;
+  thompson; trust-region-ei; trust-region-ts; and constrained-ei where the task defines a
+  constraint).
+
+A seed whose run directory already holds a complete run of the same configuration is read
+back from its ``summary.json`` (its time is that run's), so rerunning the command after an
+interruption finishes only what is missing and rebuilds the table.
 
 Each run is the resumable ``wrjax.run`` in ``WORKDIR/compare/TASK/PRESET/<optimizer>/<setting>``;
 the table (TopK mean +- s.e. and time per seed) is printed and written to
@@ -37,7 +43,7 @@ def parse_args(argv):
     ap.add_argument("task", choices=sorted(registry.TASKS))
     ap.add_argument("--preset", default="smoke")
     ap.add_argument("--optimizers", nargs="+", choices=registry.OPTIMIZERS,
-                    default=list(DEFAULT_OPTIMIZERS))  # fmt: skip
+                    help="default: the preset's optimiser, then " + ", ".join(DEFAULT_OPTIMIZERS))
     ap.add_argument("--budget", type=int)
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--workdir", type=Path, default=Path("runs"))
@@ -58,9 +64,11 @@ def main(argv=None) -> str:
     base = {} if args.budget is None else {"budget": args.budget}
     root = args.workdir / "compare" / args.task / args.preset
     rows = []
-    if not args.no_plain:
-        rows.append(("plain LSO", "gp-ei", dict(base, k=math.inf, retrain_every=None)))
-    for name in args.optimizers:
+    if not args.no_plain:  # the preset's own optimiser (the paper's: grid on shapes, GP-EI elsewhere)
+        rows.append(("plain LSO", preset.optimizer, dict(base, k=math.inf, retrain_every=None)))
+    names = args.optimizers if args.optimizers is not None else (
+        [preset.optimizer] + [n for n in DEFAULT_OPTIMIZERS if n != preset.optimizer])  # fmt: skip
+    for name in names:
         if name == "constrained-ei" and not hasattr(registry.configs(args.task), "constraint"):
             print(f"skipping constrained-ei: task {args.task!r} defines no constraint")
             continue

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import numpy as np
 from experiments import tasks as registry
 from experiments.configs import RunConfig
 from wrjax import LSOConfig, format_k, metrics, run
+from wrjax.loop.run import run_config_json
 
 _LSO_FIELDS = {f.name for f in dataclasses.fields(LSOConfig)}
 
@@ -93,6 +95,10 @@ def run_setting(task_name: str, preset: str, overrides: dict, seeds, workdir: Pa
         task = task_cache[cache_key]
         optimizer = registry.make_optimizer(task, config.optimizer, config.bo, constraint)
         out = base / f"seed{seed}"
+        finished = _finished_summary(out, task, lso_config, optimizer)
+        if finished is not None:  # read back, not re-run: resuming it would replay every record
+            summaries.append(dict(finished, seed=int(seed), setting=name, dir=str(out)))
+            continue
         t0 = time.time()
         result = run(jax.random.key(int(seed)), task, lso_config, optimizer=optimizer, workdir=out,
                      progress=progress)  # fmt: skip
@@ -100,6 +106,22 @@ def run_setting(task_name: str, preset: str, overrides: dict, seeds, workdir: Pa
                        wall_seconds=time.time() - t0)
         summaries.append(summary)
     return summaries
+
+
+def _finished_summary(out: Path, task, lso_config, optimizer) -> dict | None:
+    """The ``summary.json`` of a complete run in ``out`` made with this very configuration, or
+    ``None`` (no summary, a stalled run, or another configuration: then ``run`` decides)."""
+    path = out / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # written atomically, so not expected; run() rewrites it
+    want = run_config_json(task, lso_config, optimizer)
+    if summary.get("status") != "complete" or summary.get("config") != want:
+        return None
+    return summary
 
 
 def format_table(summaries: list[dict]) -> str:

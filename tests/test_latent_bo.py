@@ -1,6 +1,8 @@
 """The optimisers beyond global EI in the loop: they run to the budget and resume
 exactly after an interruption (records identical to an uninterrupted run)."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -108,3 +110,33 @@ def test_compare_optimizers_writes_one_table(tmp_path):
     assert len(runs) == 1
     with pytest.raises(SystemExit):
         compare_optimizers.main(["toy", "--preset", "bogus"])
+
+
+def test_compare_optimizers_plain_row_uses_the_presets_optimizer_and_rereads_finished_seeds(
+        tmp_path, monkeypatch):  # fmt: skip
+    from experiments import compare_optimizers
+    from experiments import run as run_cli
+
+    argv = ["toy", "--preset", "smoke", "--budget", "3", "--optimizers", "random",
+            "--workdir", str(tmp_path), "--no-progress"]  # fmt: skip
+    first = compare_optimizers.main(argv)
+    root = tmp_path / "compare" / "toy" / "smoke"
+    # the toy preset's optimiser is the grid: the plain row is grid LSO without weighting
+    (plain,) = (root / "plain").rglob("summary.json")
+    assert json.loads(plain.read_text())["config"]["optimizer"] == "grid"
+
+    def no_run(*a, **k):
+        raise AssertionError("a finished seed was run again")
+
+    monkeypatch.setattr(run_cli, "run", no_run)
+    again = compare_optimizers.main(argv)  # every seed is complete: read back, nothing runs
+    strip = lambda t: [line.rsplit("|", 3)[0] for line in t.splitlines()]  # noqa: E731
+    assert strip(again) == strip(first)
+    # a summary that is stalled, or of another configuration, is not reused: run decides
+    summary = json.loads(plain.read_text())
+    plain.write_text(json.dumps(dict(summary, status="stalled")))
+    with pytest.raises(AssertionError, match="run again"):
+        compare_optimizers.main(argv)
+    plain.write_text(json.dumps(dict(summary, config=dict(summary["config"], budget=4))))
+    with pytest.raises(AssertionError, match="run again"):
+        compare_optimizers.main(argv)

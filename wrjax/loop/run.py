@@ -107,14 +107,19 @@ def run(
     if len(task.initial_keys) != len(task.y):
         raise ValueError(f"task.initial_keys has {len(task.initial_keys)} entries, the data {len(task.y)}")
     workdir = Path(workdir)
-    config_json = {"task": task.name, **config.to_json(), "optimizer": optimizer.name,
-                   "optimizer_config": optimizer.config}  # fmt: skip
-    config_json = json.loads(json.dumps(config_json, default=str))
+    config_json = run_config_json(task, config, optimizer)
     lock = _lock_workdir(workdir)
     try:
         return _run_locked(key, task, config, optimizer, workdir, config_json, callbacks, progress)
     finally:
         lock.release()
+
+
+def run_config_json(task: Task, config: LSOConfig, optimizer: Optimizer) -> dict:
+    """The JSON record of a run's configuration, as ``config.json`` and ``summary.json`` hold it."""
+    config_json = {"task": task.name, **config.to_json(), "optimizer": optimizer.name,
+                   "optimizer_config": optimizer.config}  # fmt: skip
+    return json.loads(json.dumps(config_json, default=str))
 
 
 def _run_locked(key, task, config, optimizer, workdir, config_json, callbacks, progress) -> RunResult:
