@@ -114,3 +114,45 @@ def test_two_processes_pretrain_like_two_devices(tmp_path):
     pa, pb = (serialization.msgpack_restore(p.with_suffix(".msgpack").read_bytes()) for p in (a, b))
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+GP_SCRIPT = textwrap.dedent(
+    """
+    import json, jax, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    from wrjax import gp, parallel
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3)); y = np.sin(x[:, 0]) + 0.1 * rng.normal(size=64)
+    mask = np.arange(64) < 60  # padding rows too
+    data = gp.make_data(x, y, mask)
+    params = gp.init_params(jax.random.key(0), data, num_inducing=8)
+    f = jax.jit(jax.value_and_grad(gp.collapsed_elbo))
+    (v1, g1), (v2, g2) = f(params, data), f(params, parallel.shard_rows(data, parallel.data_mesh()))
+    sharded = parallel.shard_rows(data, parallel.data_mesh())
+    try:
+        parallel.shard_rows(gp.make_data(x[:63], y[:63], mask[:63]), parallel.data_mesh())
+        error = None
+    except ValueError as e:
+        error = str(e)
+    print(json.dumps({
+        "x_shard_rows": sharded.x.sharding.shard_shape(sharded.x.shape)[0],
+        "value_diff": abs(float(v1 - v2)), "value": float(v1),
+        "grad_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2))),
+        "error": error,
+    }))
+    """
+)
+
+
+def test_gp_bound_on_rows_sharded_over_two_devices_equals_one_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", GP_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["x_shard_rows"] == 32  # really split: 64 rows over 2 devices
+    assert r["value_diff"] <= 1e-9 * max(1.0, abs(r["value"]))
+    assert r["grad_diff"] <= 1e-8
+    assert "63 rows does not divide over 2 devices" in r["error"]

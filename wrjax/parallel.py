@@ -39,6 +39,7 @@ __all__ = [
     "replicated",
     "replicate",
     "shard_large",
+    "shard_rows",
     "initialize_distributed",
 ]
 
@@ -83,6 +84,25 @@ def shard_large(tree: PyTree, mesh: Mesh, *, min_size: int = 2**18, axis: str = 
                     spec[i] = axis
                     return jax.device_put(a, NamedSharding(mesh, PartitionSpec(*spec)))
         return jax.device_put(a, replicated(mesh))
+
+    return jax.tree.map(place, tree)
+
+
+def shard_rows(tree: PyTree, mesh: Mesh, *, axis: str = DATA_AXIS) -> PyTree:
+    """A pytree of per-row arrays (e.g. the GP's :class:`wrjax.gp.SGPRData`) with every
+    leaf's leading axis split over ``axis``; scalars are replicated. Sums over rows (the
+    sparse GP's bound, its predictor's statistics) then run on each device's rows, XLA adding
+    the partial sums. ``ValueError`` if a leading axis does not divide by the mesh size (pad
+    with masked rows)."""
+    n = mesh.shape[axis]
+
+    def place(a):
+        a = jax.numpy.asarray(a)
+        if a.ndim == 0:
+            return jax.device_put(a, replicated(mesh))
+        if a.shape[0] % n:
+            raise ValueError(f"a leading axis of {a.shape[0]} rows does not divide over {n} devices")
+        return jax.device_put(a, NamedSharding(mesh, PartitionSpec(axis)))
 
     return jax.tree.map(place, tree)
 
