@@ -1,0 +1,84 @@
+"""Pack the resumable state of every run under a folder into one ``.tar.gz``, small enough to
+commit: a long comparison interrupted at a session's end then resumes elsewhere.
+
+Each run directory (one holding ``config.json``) keeps ``config.json``, ``records.jsonl``,
+``summary.json`` and ``pending.json`` where present, and only its *newest* verified cycle
+checkpoint (``checkpoints/cycle_NNN.{json,msgpack}``): the run resumes from that checkpoint and
+replays the records after it, so nothing is evaluated twice. Locks, older checkpoints and plots
+are left out. Other files beside the runs (tables, logs) are kept if under 1 MB.
+
+    python -m experiments.pack_runs runs/bg/compare experiments/results/compare/runs.tar.gz
+    tar xzf experiments/results/compare/runs.tar.gz -C runs/bg   # later, to resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tarfile
+from pathlib import Path
+
+KEEP = ("config.json", "records.jsonl", "summary.json", "pending.json")
+SMALL = 1 << 20
+
+
+def newest_checkpoint(run_dir: Path) -> list[Path]:
+    """The ``.json`` and ``.msgpack`` of the newest cycle checkpoint that verifies (its blob
+    matches the checksum its JSON records); ``[]`` if none does."""
+    from wrjax import checkpoint as ckpt
+
+    for meta in sorted((run_dir / "checkpoints").glob("cycle_*.json"), reverse=True):
+        try:
+            ckpt.verify_checkpoint(meta)
+        except ckpt.CheckpointError:
+            continue
+        return [meta, meta.with_suffix(".msgpack")]
+    return []
+
+
+def files_to_pack(root: Path) -> list[Path]:
+    """Every file :func:`pack` writes, as paths under ``root``."""
+    runs = sorted(p.parent for p in root.rglob("config.json") if (p.parent / "records.jsonl").exists()
+                  or (p.parent / "checkpoints").is_dir())  # fmt: skip
+    chosen = []
+    for run in runs:
+        chosen += [run / name for name in KEEP if (run / name).exists()]
+        chosen += newest_checkpoint(run)
+    in_run = tuple(runs)
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not any(r in p.parents for r in in_run) and p.stat().st_size < SMALL:
+            chosen.append(p)
+    return chosen
+
+
+def pack(root: Path, out: Path) -> list[Path]:
+    """Write ``out`` (gzip tar, paths relative to ``root``'s parent, so ``tar xzf OUT -C X``
+    recreates ``X/<root name>/...``); returns the packed files."""
+    root = root.resolve()
+    if not root.is_dir():
+        raise SystemExit(f"{root} is not a folder")
+    files = files_to_pack(root)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for f in files:
+            tar.add(f, arcname=str(f.relative_to(root.parent)))
+    tmp.replace(out)  # a reader never sees half a pack
+    return files
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("root", type=Path, help="folder holding run directories")
+    ap.add_argument("out", type=Path, help="the .tar.gz to write")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    files = pack(args.root, args.out)
+    runs = sum(f.name == "config.json" for f in files)
+    done = sum(f.name == "summary.json" for f in files)
+    print(f"{args.out}: {runs} runs ({done} with a summary), {len(files)} files, "
+          f"{args.out.stat().st_size / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
