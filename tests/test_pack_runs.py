@@ -55,3 +55,32 @@ def test_packed_interrupted_run_resumes_elsewhere_identically(tmp_path):
     assert strip(resumed.records) == strip(full.records)
     # the 12 evaluations recorded before the interruption are replayed, not repeated
     assert len(calls) == sum(r["eval"] is not None for r in full.records[12:])
+
+
+def test_without_its_checkpoint_a_run_replays_from_the_start_and_a_complete_run_needs_none(tmp_path):
+    toy = make_toy_task(jax.random.key(0))
+    cfg = LSOConfig(budget=10, retrain_every=4, batch_size=16)
+    key = jax.random.key(3)
+    grid = lso.grid_optimizer(toy)
+    full = lso.run(key, toy, cfg, optimizer=grid, workdir=tmp_path / "runs" / "done", progress=False)
+
+    def interrupt(event, payload):
+        if event == "record" and payload["seq"] == 6:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        lso.run(key, toy, cfg, optimizer=grid, workdir=tmp_path / "runs" / "cut", progress=False,
+                callbacks=[interrupt])  # fmt: skip
+    out = tmp_path / "runs.tar.gz"
+    pack_runs.main([str(tmp_path / "runs"), str(out), "--checkpoint-limit-mb", "0"])
+    names = set(tarfile.open(out).getnames())
+    assert not any("checkpoints" in n for n in names)  # over the limit, and the complete run needs none
+    assert "runs/done/summary.json" in names
+    with tarfile.open(out) as tar:
+        tar.extractall(tmp_path / "elsewhere", filter="data")
+    calls = []
+    counting = toy.replace(objective=lambda o: calls.append(1) or toy.objective(o))
+    resumed = lso.run(key, counting, cfg, optimizer=grid, workdir=tmp_path / "elsewhere" / "runs" / "cut",
+                      progress=False)  # fmt: skip
+    assert strip(resumed.records) == strip(full.records)
+    assert len(calls) == sum(r["eval"] is not None for r in full.records[7:])
