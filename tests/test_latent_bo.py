@@ -140,3 +140,31 @@ def test_compare_optimizers_plain_row_uses_the_presets_optimizer_and_rereads_fin
     plain.write_text(json.dumps(dict(summary, config=dict(summary["config"], budget=4))))
     with pytest.raises(AssertionError, match="run again"):
         compare_optimizers.main(argv)
+
+
+@pytest.mark.parametrize("counts", [True, False])
+def test_a_discarded_proposal_is_a_failure_of_the_trust_region(counts):
+    """Two proposals with no new row between them (the first one's candidates were all
+    discarded): the second sees one more TuRBO failure, unless ``discard_is_failure=False``."""
+    rng = np.random.default_rng(0)
+    n = 48
+    y = rng.normal(size=n).astype(np.float32)
+    mask = np.ones(n, bool)
+    ctx = lso.ProposeContext(
+        z=rng.normal(size=(n, 2)).astype(np.float32), y=y, mask=mask, in_cycle=np.zeros(n, bool),
+        x=np.zeros((n, 1)), params=None, cycle=0, cycle_start=True, remaining=5,
+        include_capacity=1,
+    )  # fmt: skip
+    opt = latent_bo.make_trust_region(40, FIT, ACQ, discard_is_failure=counts)
+    state = opt.init(ctx)
+    before = int(state.region.failures)
+    _, state = opt.propose(jax.random.key(0), state, ctx)
+    assert int(state.region.failures) == before  # the first proposal has nothing to judge
+    _, state = opt.propose(jax.random.key(1), state, ctx._replace(cycle_start=False))
+    assert int(state.region.failures) == before + counts
+    # a TuRBO failure count reaching the tolerance halves the side, as for evaluations
+    cfg = tr.TrustRegionConfig()
+    length = float(state.region.length)
+    for i in range(cfg.failures_allowed(2) - int(state.region.failures)):
+        _, state = opt.propose(jax.random.key(2 + i), state, ctx._replace(cycle_start=False))
+    assert float(state.region.length) == (length / 2 if counts else length)
