@@ -44,14 +44,19 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def two_device_result():
+def run_on_two_devices(script: str) -> dict:
+    """Run ``script`` in a fresh Python with two forced CPU devices; its last line as JSON."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
                JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def two_device_result():
+    return run_on_two_devices(SCRIPT)
 
 
 def test_two_devices_train_like_one(two_device_result):
@@ -146,12 +151,7 @@ GP_SCRIPT = textwrap.dedent(
 
 
 def test_gp_bound_on_rows_sharded_over_two_devices_equals_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", GP_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = run_on_two_devices(GP_SCRIPT)
     assert r["x_shard_rows"] == 32  # really split: 64 rows over 2 devices
     assert r["value_diff"] <= 1e-9 * max(1.0, abs(r["value"]))
     assert r["grad_diff"] <= 1e-8
