@@ -10,9 +10,9 @@ Rows (each over the preset's seeds, or ``--seeds``):
   thompson; trust-region-ei; trust-region-ts; and constrained-ei where the task defines a
   constraint).
 
-A seed whose run directory already holds a complete run of the same configuration is read
-back from its ``summary.json`` (its time is that run's), so rerunning the command after an
-interruption finishes only what is missing and rebuilds the table.
+A seed whose run directory already holds a finished (complete or stalled) run of the same
+configuration is read back from its ``summary.json`` (its time is that run's), so rerunning
+the command after an interruption finishes only what is missing and rebuilds the table.
 
 Each run is the resumable ``wrjax.run`` in ``WORKDIR/compare/TASK/PRESET/<optimizer>/<setting>``;
 the table (TopK mean +- s.e. and time per seed) is printed and written to

@@ -2,13 +2,13 @@
 commit: a long comparison interrupted at a session's end then resumes elsewhere.
 
 Each run directory (one holding ``config.json``) keeps ``config.json``, ``records.jsonl``,
-``summary.json`` and ``pending.json`` where present, and, if it is not complete, only its
+``summary.json`` and ``pending.json`` where present, and, if it is not finished, only its
 *newest* verified cycle checkpoint (``checkpoints/cycle_NNN.{json,msgpack}``): the run resumes
 from that checkpoint and replays the records after it, so nothing is evaluated twice. A
 checkpoint larger than ``--checkpoint-limit-mb`` is left out too: that run then replays all
 its records from the start (recomputing its fine-tunes and proposals, evaluating nothing
-again). A complete run needs no checkpoint: ``experiments.run_setting`` reads its
-``summary.json`` back. Locks, older checkpoints and plots are left out; other files beside
+again). A finished (complete or stalled) run needs no checkpoint: ``experiments.run``'s
+``run_setting`` reads its ``summary.json`` back. Locks, older checkpoints and plots are left out; other files beside
 the runs (tables, logs) are kept if under 1 MB.
 
     python -m experiments.pack_runs runs/bg/compare experiments/results/compare/runs.tar.gz
@@ -41,9 +41,9 @@ def newest_checkpoint(run_dir: Path) -> list[Path]:
     return []
 
 
-def _complete(run: Path) -> bool:
+def _finished(run: Path) -> bool:
     try:
-        return json.loads((run / "summary.json").read_text()).get("status") == "complete"
+        return json.loads((run / "summary.json").read_text()).get("status") in ("complete", "stalled")
     except (OSError, ValueError):
         return False
 
@@ -55,7 +55,7 @@ def files_to_pack(root: Path, checkpoint_limit_mb: float = 5.0) -> list[Path]:
     chosen = []
     for run in runs:
         chosen += [run / name for name in KEEP if (run / name).exists()]
-        ckpt = [] if _complete(run) else newest_checkpoint(run)
+        ckpt = [] if _finished(run) else newest_checkpoint(run)
         if sum(p.stat().st_size for p in ckpt) <= checkpoint_limit_mb * 1e6:
             chosen += ckpt
     in_run = tuple(runs)

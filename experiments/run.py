@@ -109,8 +109,9 @@ def run_setting(task_name: str, preset: str, overrides: dict, seeds, workdir: Pa
 
 
 def _finished_summary(out: Path, task, lso_config, optimizer) -> dict | None:
-    """The ``summary.json`` of a complete run in ``out`` made with this very configuration, or
-    ``None`` (no summary, a stalled run, or another configuration: then ``run`` decides)."""
+    """The ``summary.json`` of a finished run in ``out`` made with this very configuration, or
+    ``None`` (no summary, or another configuration: then ``run`` decides). A stalled run is
+    finished too: resuming it replays its records up to the same stall."""
     path = out / "summary.json"
     if not path.exists():
         return None
@@ -119,7 +120,7 @@ def _finished_summary(out: Path, task, lso_config, optimizer) -> dict | None:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None  # written atomically, so not expected; run() rewrites it
     want = run_config_json(task, lso_config, optimizer)
-    if summary.get("status") != "complete" or summary.get("config") != want:
+    if summary.get("status") not in ("complete", "stalled") or summary.get("config") != want:
         return None
     return summary
 

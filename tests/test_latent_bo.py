@@ -132,9 +132,12 @@ def test_compare_optimizers_plain_row_uses_the_presets_optimizer_and_rereads_fin
     again = compare_optimizers.main(argv)  # every seed is complete: read back, nothing runs
     strip = lambda t: [line.rsplit("|", 3)[0] for line in t.splitlines()]  # noqa: E731
     assert strip(again) == strip(first)
-    # a summary that is stalled, or of another configuration, is not reused: run decides
+    # a stalled run is finished too (its replay stalls at the same place): read back
     summary = json.loads(plain.read_text())
     plain.write_text(json.dumps(dict(summary, status="stalled")))
+    assert "plain LSO (1 stalled)" in compare_optimizers.main(argv)
+    # a summary of another configuration, or of no known status, is not reused: run decides
+    plain.write_text(json.dumps(dict(summary, status="running")))
     with pytest.raises(AssertionError, match="run again"):
         compare_optimizers.main(argv)
     plain.write_text(json.dumps(dict(summary, config=dict(summary["config"], budget=4))))
