@@ -12,7 +12,8 @@ Rows (each over the preset's seeds, or ``--seeds``):
 
 A seed whose run directory already holds a finished (complete or stalled) run of the same
 configuration is read back from its ``summary.json`` (its time is that run's), so rerunning
-the command after an interruption finishes only what is missing and rebuilds the table.
+the command after an interruption finishes only what is missing and rebuilds the table;
+``--report-only`` runs nothing and tabulates the seeds finished so far.
 
 Each run is the resumable ``wrjax.run`` in ``WORKDIR/compare/TASK/PRESET/<optimizer>/<setting>``;
 the table (TopK mean +- s.e. and time per seed) is printed and written to
@@ -31,7 +32,8 @@ import sys
 from pathlib import Path
 
 from experiments import tasks as registry
-from experiments.run import format_table, run_setting
+from experiments.ablation import read_summaries
+from experiments.run import format_table, run_setting, setting_dir
 
 DEFAULT_OPTIMIZERS = ("gp-ei", "random", "thompson", "trust-region-ei", "trust-region-ts",
                       "constrained-ei")  # fmt: skip
@@ -49,6 +51,8 @@ def parse_args(argv):
     ap.add_argument("--workdir", type=Path, default=Path("runs"))
     ap.add_argument("--no-plain", action="store_true", help="skip the plain-LSO row")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: tabulate and plot the seeds already finished (missing ones are named)")
     args = ap.parse_args(argv)
     if args.preset not in registry.presets(args.task):
         ap.error(f"task {args.task!r} has presets {list(registry.presets(args.task))}, not {args.preset!r}")
@@ -79,13 +83,21 @@ def main(argv=None) -> str:
     summaries, dirs, labels = [], [], []
     for label, optimizer, overrides in rows:
         out = root / optimizer if label != "plain LSO" else root / "plain"
-        got = run_setting(args.task, args.preset, dict(overrides, optimizer=optimizer), seeds, out,
-                          progress=not args.no_progress, task_cache=cache)  # fmt: skip
+        over = dict(overrides, optimizer=optimizer)
+        if args.report_only:
+            got = read_summaries(setting_dir(out, args.task, args.preset, over), label, seeds)
+            if not got:
+                continue
+        else:
+            got = run_setting(args.task, args.preset, over, seeds, out,
+                              progress=not args.no_progress, task_cache=cache)  # fmt: skip
         for s in got:
             s["setting"] = label
         summaries += got
         dirs.append(Path(got[0]["dir"]).parent)
         labels.append(label)
+    if args.report_only and not summaries:
+        raise SystemExit(f"no finished seeds under {root}")
     table = format_table(summaries)
     text = (f"{args.task}, preset {args.preset}, seeds {list(seeds)}"
             + (f", budget {args.budget}" if args.budget else "") + "\n\n" + table + "\n")

@@ -132,6 +132,13 @@ def test_compare_optimizers_plain_row_uses_the_presets_optimizer_and_rereads_fin
     again = compare_optimizers.main(argv)  # every seed is complete: read back, nothing runs
     strip = lambda t: [line.rsplit("|", 3)[0] for line in t.splitlines()]  # noqa: E731
     assert strip(again) == strip(first)
+    assert strip(compare_optimizers.main(argv + ["--report-only"])) == strip(first)
+    (random_summary,) = (root / "random").rglob("summary.json")
+    moved = random_summary.with_name("summary.json.away")
+    random_summary.rename(moved)  # an unfinished seed: report-only leaves its row out
+    partial = compare_optimizers.main(argv + ["--report-only"])
+    assert "plain LSO" in partial and "WR + random" not in partial
+    moved.rename(random_summary)
     # a stalled run is finished too (its replay stalls at the same place): read back
     summary = json.loads(plain.read_text())
     plain.write_text(json.dumps(dict(summary, status="stalled")))
