@@ -216,7 +216,7 @@ def make_trust_region(
         invalid or already known object, or its evaluation failed) counts as a non-improving
         batch. Without it the region never changes while its decodings repeat the incumbent,
         and the run stalls: measured on expressions, all 3 seeds stopped after 200 duplicates
-        in a row (240-425 of 500 evaluations). Counted within a cycle only: at a cycle start
+        in a row (after 211, 240 and 425 of 500 evaluations). Counted within a cycle only: at a cycle start
         the region is rebuilt from the evaluations (the retrained model decodes differently).
 
     At each cycle start (``init``), TuRBO's rule is replayed over the evaluated points so far
