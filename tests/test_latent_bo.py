@@ -178,3 +178,63 @@ def test_a_discarded_proposal_is_a_failure_of_the_trust_region(counts):
     for i in range(cfg.failures_allowed(2) - int(state.region.failures)):
         _, state = opt.propose(jax.random.key(2 + i), state, ctx._replace(cycle_start=False))
     assert float(state.region.length) == (length / 2 if counts else length)
+
+
+def test_discards_restart_the_region_away_from_the_incumbent():
+    """After ``restart_after_discards`` proposals in a row with no new row, the region restarts
+    (TuRBO's restart) at a point of the global box other than the incumbent, with no incumbent of
+    its own; the next scored row, even one below the buffer's best, becomes its centre."""
+    rng = np.random.default_rng(1)
+    n = 48
+    y = rng.normal(size=n).astype(np.float32)
+    z = rng.normal(size=(n, 2)).astype(np.float32)
+    mask = np.zeros(n + 1, bool)
+    mask[:n] = True
+    zz = np.concatenate([z, np.zeros((1, 2), np.float32)])
+    yy = np.concatenate([y, [0.0]]).astype(np.float32)
+    ctx = lso.ProposeContext(
+        z=zz, y=yy, mask=mask, in_cycle=np.zeros(n + 1, bool), x=np.zeros((n + 1, 1)),
+        params=None, cycle=0, cycle_start=True, remaining=9, include_capacity=1,
+    )  # fmt: skip
+    opt = latent_bo.make_trust_region(40, FIT, ACQ, restart_after_discards=3)
+    state = opt.init(ctx)
+    incumbent = z[np.argmax(y)]
+    np.testing.assert_array_equal(state.region.center, incumbent)
+    ctx = ctx._replace(cycle_start=False)
+    for i in range(3):  # the first proposal, then two discarded ones: no restart yet
+        _, state = opt.propose(jax.random.key(i), state, ctx)
+        assert int(state.region.restarts) == 0 and state.discards == i
+    _, state = opt.propose(jax.random.key(3), state, ctx)  # the third discard in a row
+    reg = state.region
+    assert int(reg.restarts) == 1 and state.discards == 0
+    assert float(reg.length) == np.float32(tr.TrustRegionConfig().init_length)
+    assert float(reg.best) == -np.inf and int(reg.failures) == 0
+    box = latent_bo._box(zz, mask, ACQ)
+    assert np.all(reg.center >= box[0]) and np.all(reg.center <= box[1])
+    assert np.linalg.norm(np.asarray(reg.center) - incumbent) > 1e-3
+    # a new row scoring below the buffer's best: the restarted region takes it as incumbent
+    worst = float(y.min()) - 1.0
+    new_z = np.array([0.25, -0.5], np.float32)
+    zz2, yy2, mask2 = zz.copy(), yy.copy(), mask.copy()
+    zz2[n], yy2[n], mask2[n] = new_z, worst, True
+    _, state = opt.propose(jax.random.key(4), state, ctx._replace(z=zz2, y=yy2, mask=mask2))
+    np.testing.assert_array_equal(state.region.center, new_z)
+    assert float(state.region.best) == np.float32(worst) and int(state.region.successes) == 1
+
+
+def test_without_restarts_discards_never_move_the_region():
+    rng = np.random.default_rng(2)
+    n = 48
+    z, y = rng.normal(size=(n, 2)).astype(np.float32), rng.normal(size=n).astype(np.float32)
+    ctx = lso.ProposeContext(
+        z=z, y=y, mask=np.ones(n, bool), in_cycle=np.zeros(n, bool), x=np.zeros((n, 1)),
+        params=None, cycle=0, cycle_start=True, remaining=9, include_capacity=1,
+    )  # fmt: skip
+    opt = latent_bo.make_trust_region(40, FIT, ACQ, restart_after_discards=None)
+    state = opt.init(ctx)
+    for i in range(12):
+        _, state = opt.propose(jax.random.key(i), state, ctx._replace(cycle_start=i == 0))
+    np.testing.assert_array_equal(state.region.center, z[np.argmax(y)])
+    assert int(state.region.restarts) == 0 and state.discards == 11
+    with pytest.raises(ValueError, match="restart_after_discards"):
+        latent_bo.make_trust_region(40, restart_after_discards=0)

@@ -63,6 +63,25 @@ def test_tiny_improvements_are_not_successes():
     assert int(state.failures) == 1 and float(state.best) == pytest.approx(10.005)
 
 
+def test_a_restarted_region_takes_its_first_score_as_incumbent():
+    """TuRBO's restart: fresh side and counters, no incumbent, so any finite score succeeds
+    and becomes the centre; a discard (score -inf) is still a failure."""
+    config = tr.TrustRegionConfig()
+    state = tr.init(jnp.zeros(3), 5.0, config)
+    state = tr.update(state, config, batch_best=jnp.asarray(6.0), batch_best_point=jnp.ones(3))
+    state = state._replace(length=jnp.asarray(0.1), failures=jnp.asarray(2, jnp.int32))
+    fresh = tr.restart(state, jnp.full(3, 2.0), config)
+    assert float(fresh.length) == np.float32(config.init_length) and float(fresh.best) == -np.inf
+    assert (int(fresh.successes), int(fresh.failures), int(fresh.restarts)) == (0, 0, 1)
+    np.testing.assert_array_equal(fresh.center, 2.0)
+    missed = tr.update(fresh, config, batch_best=jnp.asarray(-jnp.inf), batch_best_point=jnp.ones(3))
+    assert int(missed.failures) == 1 and float(missed.best) == -np.inf
+    np.testing.assert_array_equal(missed.center, 2.0)
+    hit = tr.update(fresh, config, batch_best=jnp.asarray(-1e6), batch_best_point=jnp.full(3, -1.0))
+    assert int(hit.successes) == 1 and float(hit.best) == -1e6
+    np.testing.assert_array_equal(hit.center, -1.0)
+
+
 def test_bounds_are_lengthscale_weighted_and_clipped():
     config = tr.TrustRegionConfig(init_length=0.5)
     glob = jnp.array([[-2.0, -2.0, -2.0], [2.0, 2.0, 2.0]])

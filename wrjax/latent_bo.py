@@ -180,15 +180,18 @@ class TrustRegionBOState(NamedTuple):
     gp: bo.BOState | None  # warm start of the GP fit within the cycle (None: fit cold)
     rows_seen: int  # buffer rows already folded into ``region``
     proposed: bool = False  # a proposal was made since ``init`` (so no new row = discarded)
+    discards: int = 0  # proposals in a row that added no row
 
 
-def _replay_region(region, config, y, mask, start, stop):
+def _replay_region(region, config, y, mask, start, stop, z=None):
     """Fold the evaluated rows ``start..stop`` of the buffer into the region, in order (each
-    evaluation is a batch of one, as the loop evaluates one point per query)."""
+    evaluation is a batch of one, as the loop evaluates one point per query). With ``z`` the
+    region moves to a row that beats its incumbent (TuRBO's centre: its own best point)."""
     for i in range(start, stop):
         if bool(mask[i]):
+            point = region.center if z is None else jnp.asarray(z[i], region.center.dtype)
             region = tr.update(region, config, batch_best=jnp.asarray(float(y[i])),
-                               batch_best_point=region.center)  # fmt: skip
+                               batch_best_point=point)  # fmt: skip
     return region
 
 
@@ -201,6 +204,7 @@ def make_trust_region(
     method: str = "ei",
     num_candidates: int = 1000,
     discard_is_failure: bool = True,
+    restart_after_discards: int | None = 10,
 ) -> Optimizer:
     """Latent trust-region BO (TuRBO's rule; LOL-BO's use of it in a VAE's latent space).
 
@@ -218,6 +222,15 @@ def make_trust_region(
         and the run stalls: measured on expressions, all 3 seeds stopped after 200 duplicates
         in a row (after 211, 240 and 425 of 500 evaluations). Counted within a cycle only: at a cycle start
         the region is rebuilt from the evaluations (the retrained model decodes differently).
+      restart_after_discards: after this many proposals in a row that added no row, restart
+        the region *away from the incumbent*, as TuRBO restarts from a fresh global design:
+        side ``init_length``, centred on a uniform point of the global box (drawn from the
+        proposal's key), with no incumbent of its own, so it follows its own best point from
+        then on. ``discard_is_failure`` alone only shrinks the region onto the same cell, and
+        its restart (after ``7 x failures_allowed`` failures, 175 at D = 25) re-centres on the
+        same incumbent: measured on expressions, 1 seed in 3 of trust-region EI and TS still
+        stalled (200 duplicates in a row, the last 200 records naming 18-26 expressions).
+        ``None``: never. Within a cycle only, like ``discard_is_failure``.
 
     At each cycle start (``init``), TuRBO's rule is replayed over the evaluated points so far
     and the region is centred on the best point's *re-encoded* latent (the model changed);
@@ -228,6 +241,8 @@ def make_trust_region(
         raise ValueError(f"method must be 'ei' or 'thompson', got {method!r}")
     if num_initial < 0:
         raise ValueError(f"num_initial must be >= 0, got {num_initial}")
+    if restart_after_discards is not None and restart_after_discards < 1:
+        raise ValueError(f"restart_after_discards must be >= 1 or None, got {restart_after_discards}")
 
     def init(ctx):
         c = _buffer_rows(ctx)
@@ -243,12 +258,18 @@ def make_trust_region(
         c = _buffer_rows(ctx)
         y, mask = np.asarray(ctx.y)[:c], np.asarray(ctx.mask)[:c]
         n = int(mask.sum())
-        reg = _replay_region(state.region, region, y, mask, state.rows_seen, n)
-        if discard_is_failure and state.proposed and n == state.rows_seen:
+        # the region follows its incumbent: a new row that beats it is the centre (its z as
+        # it was queried); without a restart that incumbent is the buffer's best row
+        reg = _replay_region(state.region, region, y, mask, state.rows_seen, n,
+                             z=np.asarray(ctx.z)[:c])  # fmt: skip
+        discarded = state.proposed and n == state.rows_seen
+        discards = state.discards + 1 if discarded else 0
+        if discard_is_failure and discarded:
             reg = tr.update(reg, region, batch_best=jnp.asarray(-jnp.inf, reg.best.dtype),
                             batch_best_point=reg.center)  # fmt: skip
-        if n > state.rows_seen:  # follow the incumbent (the new point's z, as it was queried)
-            reg = tr.recenter(reg, jnp.asarray(_best_point(np.asarray(ctx.z)[:c], y, mask)))
+        if restart_after_discards is not None and discards >= restart_after_discards:
+            far = _uniform(jax.random.fold_in(key, 7), _box(ctx.z, ctx.mask, acquisition), 1)[0]
+            reg, discards = tr.restart(reg, jnp.asarray(far), region), 0
         k_fit, k_acq = jax.random.split(key)
         cold = state.gp is None or bool(ctx.cycle_start)
         fitted = bo.fit_sparse_gp(k_fit, ctx.z, ctx.y, ctx.mask, fit=_fit_for(fit, ctx),
@@ -261,11 +282,13 @@ def make_trust_region(
             idx = _thompson_pick(jax.random.fold_in(k_acq, 1), fitted, pool, 1)
             cands = np.concatenate([pool[idx], np.delete(pool, idx, axis=0)[:15]])
         info = {"elbo": fitted.elbo, "length": float(reg.length), "restarts": int(reg.restarts)}
-        return Proposal(cands, None, info), TrustRegionBOState(reg, fitted.state, n, True)
+        return Proposal(cands, None, info), TrustRegionBOState(reg, fitted.state, n, True,
+                                                               discards)  # fmt: skip
 
     config = {"num_initial": num_initial, "fit": dataclasses.asdict(fit),
               "region": dataclasses.asdict(region), "method": method,
-              "num_candidates": num_candidates, "discard_is_failure": discard_is_failure}  # fmt: skip
+              "num_candidates": num_candidates, "discard_is_failure": discard_is_failure,
+              "restart_after_discards": restart_after_discards}  # fmt: skip
     return Optimizer(init, propose, f"trust-region-{method}", config)
 
 

@@ -24,7 +24,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["TrustRegionConfig", "TrustRegionState", "init", "update", "recenter", "bounds"]
+__all__ = ["TrustRegionConfig", "TrustRegionState", "init", "update", "recenter", "restart",
+           "bounds"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +90,8 @@ def update(
     dim = state.center.shape[0]
     fail_tol = config.failures_allowed(dim)
     threshold = state.best + config.relative_improvement * jnp.abs(state.best)
+    # a restarted region has no incumbent yet (best = -inf): any finite score is a success
+    threshold = jnp.where(jnp.isfinite(state.best), threshold, -jnp.inf)
     success = batch_best > threshold
     successes = jnp.where(success, state.successes + 1, 0)
     failures = jnp.where(success, 0, state.failures + 1)
@@ -113,6 +116,20 @@ def recenter(state: TrustRegionState, center: jax.Array) -> TrustRegionState:
     """Move the region to ``center`` (the re-encoded incumbent after a retrain), keeping its
     size and counters: the latent space has moved, the search's progress has not."""
     return state._replace(center=jnp.asarray(center, state.center.dtype))
+
+
+def restart(state: TrustRegionState, center: jax.Array, config: TrustRegionConfig
+            ) -> TrustRegionState:
+    """TuRBO's restart, elsewhere: a fresh region of side ``init_length`` at ``center`` (D,)
+    with no incumbent of its own (``best = -inf``, so the first scored point becomes it) and
+    zeroed counters; ``restarts`` counts it."""
+    center = jnp.asarray(center, state.center.dtype)
+    zero = jnp.zeros((), jnp.int32)
+    return TrustRegionState(
+        center, jnp.asarray(-jnp.inf, state.best.dtype),
+        jnp.asarray(config.init_length, state.length.dtype), zero, zero,
+        (state.restarts + 1).astype(jnp.int32),
+    )
 
 
 def bounds(
