@@ -12,7 +12,11 @@ run on this machine:
   from the same parameters on the same data, 100 Adam steps (the authors' minimum per
   refit), then SciPy L-BFGS-B from 20 starts on EI with ``gp.predict_f``.
 
-Both queries start from the same GP parameters (the wrjax cold fit) on the same data
+* BoTorch (``reference_botorch.py``, in the BoTorch venv's Python, ``--botorch-python``; skip
+  with ``--no-botorch``): GPyTorch SGPR warm-started from the same parameters, the same 100
+  Adam steps, then ``LogExpectedImprovement`` + ``optimize_acqf`` from 20 restarts.
+
+All three queries start from the same GP parameters (the wrjax cold fit) on the same data
 (N = 2,000 best + 8,000 random = all points); the returned points are compared by their EI
 under both fitted GPs (evaluated exactly, in float64, by wrjax), and the fits by their ELBO
 (the same float64 bound for both).
@@ -35,7 +39,9 @@ Run:  python benchmarks/bo_step.py [--dims 25 56] [--repeats 3] [--sections ...]
       (``bo`` needs the reference venv: python -m venv /work/venv-ref &&
        /work/venv-ref/bin/pip install "gpflow==2.11.*" tensorflow-cpu scipy;
        GPflow 2.11 needs numpy < 2, which clashes with this project's jax, hence the
-       separate venv; --ref-python PATH to point elsewhere, --no-reference to skip it)
+       separate venv; --ref-python PATH to point elsewhere, --no-reference to skip it;
+       the BoTorch venv: python -m venv /work/venv-botorch &&
+       /work/venv-botorch/bin/pip install torch==2.13.0 botorch scipy)
 """
 
 from __future__ import annotations
@@ -178,7 +184,7 @@ def run_reference(args, data, params, d):
         return res
 
 
-def _run_reference(args, data, params, d, dtype):
+def _run_reference(args, data, params, d, dtype, script="reference_gpflow.py", python=None):
     ls, var, noise = (np.asarray(v) for v in float64_scope(gp.constrain)(params))
     with tempfile.TemporaryDirectory() as tmp:
         inp, out = Path(tmp) / "in.npz", Path(tmp) / "out.json"
@@ -199,11 +205,11 @@ def _run_reference(args, data, params, d, dtype):
         )
         t = time.perf_counter()
         proc = subprocess.run(
-            [args.ref_python, str(HERE / "reference_gpflow.py"), str(inp), str(out)],
+            [python or args.ref_python, str(HERE / script), str(inp), str(out)],
             capture_output=True, text=True, env=dict(os.environ),
         )  # fmt: skip
         if proc.returncode != 0:
-            raise RuntimeError(f"reference failed:\n{proc.stderr[-3000:]}")
+            raise RuntimeError(f"reference {script} failed:\n{proc.stderr[-3000:]}")
         res = json.loads(out.read_text())
         res["subprocess_s"] = time.perf_counter() - t
         return res
@@ -297,6 +303,33 @@ def bench_dim(args, d):
         print(f"[D={d}] EI at (ours, ref) point under our GP {row['ei_under_ours']}, under the "
               f"reference GP {row['ei_under_ref']}; ELBO ours {row['elbo_ours']:.1f}, "
               f"ref {row['elbo_ref']:.1f}", flush=True)
+    if not args.no_botorch:
+        p0 = float64_scope(lambda s: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), s))(cold_state.params)
+        # BoTorch in float32 as the GPflow reference (a BoTorch user's default is float64; the
+        # flag says which ran)
+        bt = _run_reference(args, data, p0, d, args.ref_dtype, "reference_botorch.py", args.botorch_python)
+        qs = bt["queries"]
+        row["bt"] = bt
+        row["bt_refit_s"] = statistics.median(q["refit_s"] for q in qs)
+        row["bt_ei_s"] = statistics.median(q["ei_s"] for q in qs)
+        row["bt_total_s"] = statistics.median(q["total_s"] for q in qs)
+        row["bt_point"] = np.asarray(qs[0]["point"], np.float64)
+        pb = bt["params"]
+        p_bt = params_from_constrained(pb["inducing"], pb["lengthscale"], pb["variance"], pb["noise"])
+        pts = np.stack([row["ours_point"], row["bt_point"]])
+        eo, row["elbo_ours"] = ei_and_elbo(p_ours, data, pts, q)
+        row["bt_ei_under_ours"] = float(eo[1])
+        eb, row["elbo_bt"] = ei_and_elbo(p_bt, data, pts, q)
+        row["bt_ei_under_bt"] = float(eb[1])
+        row["ei_ours_under_bt"] = float(eb[0])
+        row["ratio_bt"] = row["bt_total_s"] / row["ours_total_s"]
+        print(f"[D={d}] BoTorch ({bt['dtype']}, {bt['versions']['botorch']}, {bt['threads']} torch "
+              f"threads): refit {row['bt_refit_s']:.1f} s ({args.ref_warm_steps} Adam steps), "
+              f"optimize_acqf {row['bt_ei_s']:.1f} s, total {row['bt_total_s']:.1f} s; ratio "
+              f"{row['ratio_bt']:.1f}x; ELBO (wrjax float64 bound) {row['elbo_bt']:.1f} vs ours "
+              f"{row['elbo_ours']:.1f}; EI of its point under our GP {row['bt_ei_under_ours']:.4g} "
+              f"(ours {row['ours_ei']:.4g}), under its GP {row['bt_ei_under_bt']:.4g} "
+              f"(ours {row['ei_ours_under_bt']:.4g})", flush=True)
     return row
 
 
@@ -349,6 +382,32 @@ def markdown(args, rows, wall):
                 f"{r['ours_ei']:.6g} / {r['scipy_ei']:.6g} |"
             )
     lines.append("")
+    if any("bt" in r for r in rows):
+        lines.append(
+            "BoTorch reference (`reference_botorch.py`, its own venv): GPyTorch SGPR "
+            "(`InducingPointKernel`, Titsias' bound with its trace term), the same warm start and "
+            f"{args.ref_warm_steps} Adam steps at lr 0.03 as the GPflow reference, then "
+            f"`LogExpectedImprovement` + `optimize_acqf` ({args.restarts} restarts, 512 raw "
+            "samples) in the same box. Bound and EI evaluated in float64 by wrjax."
+        )
+        lines.append("")
+        head = ("| D | BoTorch dtype, versions, threads | refit (s) | optimize_acqf (s) | query (s) | "
+                "ratio BoTorch / wrjax | ELBO wrjax / BoTorch | EI wrjax / BoTorch point, our GP | "
+                "EI wrjax / BoTorch point, BoTorch GP |")
+        lines += [head, "|" + "---|" * (head.count("|") - 1)]
+        for r in rows:
+            if "bt" not in r:
+                continue
+            bt = r["bt"]
+            lines.append(
+                f"| {r['D']} | {bt['dtype']}, botorch {bt['versions']['botorch']} / gpytorch "
+                f"{bt['versions']['gpytorch']} / torch {bt['versions']['torch']}, {bt['threads']} | "
+                f"{r['bt_refit_s']:.1f} | {r['bt_ei_s']:.1f} | {r['bt_total_s']:.1f} | "
+                f"**{r['ratio_bt']:.1f}x** | {r['elbo_ours']:.1f} / {r['elbo_bt']:.1f} | "
+                f"{r['ours_ei']:.4g} / {r['bt_ei_under_ours']:.4g} | "
+                f"{r['ei_ours_under_bt']:.4g} / {r['bt_ei_under_bt']:.4g} |"
+            )
+        lines.append("")
     for r in rows:
         tr = -np.asarray(r["ours_elbo_trace"])
         lines.append(
@@ -813,6 +872,9 @@ def main():
     p.add_argument("--ref-warm-steps", type=int, default=100)
     p.add_argument("--ref-repeats", type=int, default=1)
     p.add_argument("--no-reference", action="store_true")
+    p.add_argument("--botorch-python", default="/work/venv-botorch/bin/python",
+                   help="Python of the BoTorch venv (see reference_botorch.py)")
+    p.add_argument("--no-botorch", action="store_true", help="skip the BoTorch reference")
     p.add_argument("--sections", nargs="+", default=["bo", "refit", "incremental", "curve", "threads"],
                    choices=["bo", "refit", "incremental", "curve", "threads", "schedule"])
     p.add_argument("--schedule-n", type=int, default=2_000)
