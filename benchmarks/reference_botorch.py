@@ -21,9 +21,14 @@ What a BoTorch user would write for the paper's surrogate and acquisition:
   initialisation heuristic), inside the box ``+- 1.1 * percentile(|X|, 99.9)`` of the
   GPflow reference.
 
-Status (2026-12-02): runs end to end (checked on N = 500, D = 5: BoTorch 0.18.1, GPyTorch
-1.15.2, torch 2.13.0+cpu), but ``bo_step.py`` does not call it yet and it has not been timed at
-the paper's size; its bound has not been checked against wrjax's float64 bound.
+Status (2026-12-03): ``bo_step.py`` calls it (section ``bo``, after the GPflow reference;
+``--no-botorch`` skips it) and compares its fit by wrjax's float64 bound and its point by EI
+under both GPs; checked end to end at N = 500, M = 50, D = 5. At the paper's size
+(N = 10,000, M = 500, D = 56, on a 2-core AMD EPYC) its one query had not finished after 8
+minutes and was stopped, so there is no paper-size BoTorch figure yet. One lead, not
+resolved: at N = 2,000, M = 100 its Adam steps took 1.3 s each inside this script, against
+0.11-0.5 s for the same model built outside it with default settings (both under load); the
+noise constraint (``GreaterThan(1e-7)``) and the cold fit's small noise are the differences.
 
 Input npz: as ``reference_gpflow.py``. Output JSON: per-query timings, the returned points
 and their EI (under this model), the fitted parameters, torch's thread count.
