@@ -215,6 +215,18 @@ def _run_reference(args, data, params, d, dtype, script="reference_gpflow.py", p
         return res
 
 
+def _reference_row(row, prefix, ref):
+    """Put a reference's median timings and first point into ``row`` under ``prefix``; return
+    its fitted parameters in wrjax's form."""
+    qs = ref["queries"]
+    row[prefix] = ref
+    for part in ("refit", "ei", "total"):
+        row[f"{prefix}_{part}_s"] = statistics.median(q[f"{part}_s"] for q in qs)
+    row[f"{prefix}_point"] = np.asarray(qs[0]["point"], np.float64)
+    pr = ref["params"]
+    return params_from_constrained(pr["inducing"], pr["lengthscale"], pr["variance"], pr["noise"])
+
+
 def bench_dim(args, d):
     rng = np.random.default_rng(d)
     n, m = args.n, args.m
@@ -280,15 +292,8 @@ def bench_dim(args, d):
     if not args.no_reference:
         p0 = float64_scope(lambda s: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), s))(cold_state.params)
         ref = run_reference(args, data, p0, d)
-        qs = ref["queries"]
-        row["ref"] = ref
-        row["ref_refit_s"] = statistics.median(q["refit_s"] for q in qs)
-        row["ref_ei_s"] = statistics.median(q["ei_s"] for q in qs)
-        row["ref_total_s"] = statistics.median(q["total_s"] for q in qs)
-        row["ref_nfev"] = statistics.median(q["nfev"] for q in qs)
-        row["ref_point"] = np.asarray(qs[0]["point"], np.float64)
-        pr = ref["params"]
-        p_ref = params_from_constrained(pr["inducing"], pr["lengthscale"], pr["variance"], pr["noise"])
+        p_ref = _reference_row(row, "ref", ref)
+        row["ref_nfev"] = statistics.median(q["nfev"] for q in ref["queries"])
         pts = np.stack([row["ours_point"], row["ref_point"]])
         row["ei_under_ours"], row["elbo_ours"] = ei_and_elbo(p_ours, data, pts, q)
         row["ei_under_ref"], row["elbo_ref"] = ei_and_elbo(p_ref, data, pts, q)
@@ -308,14 +313,7 @@ def bench_dim(args, d):
         # BoTorch in float32 as the GPflow reference (a BoTorch user's default is float64; the
         # flag says which ran)
         bt = _run_reference(args, data, p0, d, args.ref_dtype, "reference_botorch.py", args.botorch_python)
-        qs = bt["queries"]
-        row["bt"] = bt
-        row["bt_refit_s"] = statistics.median(q["refit_s"] for q in qs)
-        row["bt_ei_s"] = statistics.median(q["ei_s"] for q in qs)
-        row["bt_total_s"] = statistics.median(q["total_s"] for q in qs)
-        row["bt_point"] = np.asarray(qs[0]["point"], np.float64)
-        pb = bt["params"]
-        p_bt = params_from_constrained(pb["inducing"], pb["lengthscale"], pb["variance"], pb["noise"])
+        p_bt = _reference_row(row, "bt", bt)
         pts = np.stack([row["ours_point"], row["bt_point"]])
         eo, row["elbo_ours"] = ei_and_elbo(p_ours, data, pts, q)
         row["bt_ei_under_ours"] = float(eo[1])
