@@ -238,3 +238,57 @@ def test_without_restarts_discards_never_move_the_region():
     assert int(state.region.restarts) == 0 and state.discards == 11
     with pytest.raises(ValueError, match="restart_after_discards"):
         latent_bo.make_trust_region(40, restart_after_discards=0)
+
+
+def test_compare_refit_reads_the_directories_experiments_run_writes(tmp_path):
+    from experiments import compare_refit
+    from experiments import run as run_cli
+
+    # experiments.run --k 1e-3 --retrain-every 50 --gp-refit R (the RESULTS commands) and
+    # compare_refit's rows name the same run directory, for each schedule
+    for r in ("every-query", "incremental"):
+        cli = run_cli.setting_dir(tmp_path, "expressions", "cpu",
+                                  {"k": 1e-3, "retrain_every": 50, "refit": r})
+        ours = run_cli.setting_dir(tmp_path, "expressions", "cpu", {"optimizer": "gp-ei", "refit": r})
+        assert cli == ours and cli.parent.name == f"cpu-b500-gp-ei-{r}"
+    with pytest.raises(SystemExit):  # nothing finished: no empty table written
+        compare_refit.main(["expressions", "--preset", "cpu", "--workdir", str(tmp_path), "--report-only"])
+    assert not list(tmp_path.rglob("*.md"))
+    with pytest.raises(SystemExit):
+        compare_refit.main(["toy", "--optimizer", "random"])
+
+
+@pytest.mark.slow  # 60-150 s: two toy runs, each compiling its GP programs
+def test_compare_refit_runs_both_schedules_and_reads_experiments_run_dirs(tmp_path, monkeypatch):
+    import dataclasses
+
+    from experiments import compare_refit, tasks
+    from experiments import run as run_cli
+    from experiments.configs import tiny_gp
+
+    get_config = tasks.get_config  # the toy presets carry no GP: give them the smoke runs' one
+    monkeypatch.setattr(tasks, "get_config",
+                        lambda task, preset: dataclasses.replace(get_config(task, preset), bo=tiny_gp()))
+    argv = ["toy", "--preset", "smoke", "--budget", "3", "--workdir", str(tmp_path), "--no-progress"]
+    first = compare_refit.main(argv)
+    assert "| WR + gp-ei, every-query | 1 |" in first and "| WR + gp-ei, incremental | 1 |" in first
+    got = {}
+    for path in tmp_path.rglob("summary.json"):
+        cfg = json.loads(path.read_text())["config"]
+        # an every-query config leaves the incremental fields out (older summaries compare equal)
+        got[cfg["optimizer_config"]["fit"].get("refit", "every-query")] = path
+    assert sorted(got) == ["every-query", "incremental"]
+    # the same directories experiments.run gives the command line's --gp-refit
+    assert got["incremental"].parent == run_cli.setting_dir(
+        tmp_path, "toy", "smoke", {"budget": 3, "optimizer": "gp-ei", "refit": "incremental"}) / "seed0"
+
+    def no_run(*a, **k):
+        raise AssertionError("a finished seed was run again")
+
+    monkeypatch.setattr(run_cli, "run", no_run)
+    strip = lambda t: [line.rsplit("|", 3)[0] for line in t.splitlines()]  # noqa: E731
+    assert strip(compare_refit.main(argv)) == strip(first)
+    got["incremental"].rename(got["incremental"].with_name("summary.json.away"))
+    partial = compare_refit.main(argv + ["--report-only"])
+    assert "every-query" in partial and "incremental |" not in partial
+    assert (tmp_path / "toy" / "compare_refit-smoke.md").read_text() == partial

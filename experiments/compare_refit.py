@@ -1,0 +1,98 @@
+"""Compare the sparse GP's schedules within a retrain cycle on one loop: a warm refit before
+every query (the authors', ``GPFitConfig(refit="every-query")``) against rank-one conditioning
+with refits on a schedule (``refit="incremental"``, :mod:`wrjax.gp_update`).
+
+One row per schedule, each the preset's weighted-retraining setting with a GP optimiser
+(``--optimizer``, default ``gp-ei``) over the preset's seeds (or ``--seeds``). Each run is the
+resumable ``wrjax.run`` in the directory ``experiments.run`` gives it
+(``WORKDIR/TASK/GROUP/SETTING/seedN``, the group naming the schedule), so
+
+    python -m experiments.run expressions --preset cpu --gp-refit incremental --seeds 0 --workdir runs/refit
+
+and this script share runs: finished seeds are read back, not rerun, and ``--report-only`` runs
+nothing. The table (TopK mean +- s.e., seconds per query) is printed and written to
+``WORKDIR/TASK/compare_refit-PRESET.md``, the TopK plot beside it.
+
+Example::
+
+    python -m experiments.compare_refit expressions --preset cpu --seeds 0 1 2 3 4 --workdir runs/refit
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from experiments import tasks as registry
+from experiments.ablation import read_summaries
+from experiments.run import format_table, run_setting, setting_dir
+
+SCHEDULES = ("every-query", "incremental")
+GP_OPTIMIZERS = ("gp-ei", "thompson", "trust-region-ei", "trust-region-ts", "constrained-ei")
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("task", choices=sorted(registry.TASKS))
+    ap.add_argument("--preset", default="smoke")
+    ap.add_argument("--optimizer", default="gp-ei", choices=GP_OPTIMIZERS)
+    ap.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=list(SCHEDULES))
+    ap.add_argument("--budget", type=int)
+    ap.add_argument("--seeds", type=int, nargs="+")
+    ap.add_argument("--workdir", type=Path, default=Path("runs"))
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: tabulate and plot the seeds already finished")
+    args = ap.parse_args(argv)
+    if args.preset not in registry.presets(args.task):
+        ap.error(f"task {args.task!r} has presets {list(registry.presets(args.task))}, not {args.preset!r}")
+    if args.budget is not None and args.budget < 1:
+        ap.error("--budget must be >= 1")
+    return args
+
+
+def main(argv=None) -> str:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    preset = registry.get_config(args.task, args.preset)
+    seeds = args.seeds if args.seeds is not None else preset.seeds
+    base = {"optimizer": args.optimizer} | ({} if args.budget is None else {"budget": args.budget})
+    cache: dict = {}
+    summaries, dirs, labels = [], [], []
+    for schedule in args.schedules:
+        over = dict(base, refit=schedule)
+        label = f"WR + {args.optimizer}, {schedule}"
+        if args.report_only:
+            got = read_summaries(setting_dir(args.workdir, args.task, args.preset, over), label, seeds)
+        else:
+            got = run_setting(args.task, args.preset, over, seeds, args.workdir,
+                              progress=not args.no_progress, task_cache=cache)  # fmt: skip
+        if not got:
+            continue
+        for s in got:
+            s["setting"] = label
+        summaries += got
+        dirs.append(Path(got[0]["dir"]).parent)
+        labels.append(label)
+    if not summaries:
+        raise SystemExit(f"no finished seeds of {args.task} {args.preset} under {args.workdir}")
+    text = (f"{args.task}, preset {args.preset}, seeds {list(seeds)}"
+            + (f", budget {args.budget}" if args.budget else "") + "\n\n"
+            + format_table(summaries) + "\n")  # fmt: skip
+    out = args.workdir / args.task / f"compare_refit-{args.preset}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(text)
+    try:
+        from experiments.plot import plot_settings
+
+        plot_settings(dirs, out.with_suffix(".png"), title=f"{args.task} ({args.preset}): GP schedule",
+                      labels=labels)  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - the table is the result; a plot failure is not fatal
+        print(f"plot skipped: {type(e).__name__}: {e}")
+    return text
+
+
+if __name__ == "__main__":
+    main()
