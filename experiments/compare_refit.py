@@ -26,37 +26,35 @@ from pathlib import Path
 
 from experiments import tasks as registry
 from experiments.ablation import read_summaries
-from experiments.run import format_table, run_setting, setting_dir
+from experiments.run import check_preset, format_table, positive_int, run_setting, setting_dir
 
 SCHEDULES = ("every-query", "incremental")
 GP_OPTIMIZERS = ("gp-ei", "thompson", "trust-region-ei", "trust-region-ts", "constrained-ei")
 
 
 def parse_args(argv):
+    """The arguments, with the preset's :class:`RunConfig` as ``args.config`` (usage error,
+    exit 2, for a preset the task does not have)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("task", choices=sorted(registry.TASKS))
     ap.add_argument("--preset", default="smoke")
     ap.add_argument("--optimizer", default="gp-ei", choices=GP_OPTIMIZERS)
     ap.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=list(SCHEDULES))
-    ap.add_argument("--budget", type=int)
+    ap.add_argument("--budget", type=positive_int)
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--workdir", type=Path, default=Path("runs"))
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: tabulate and plot the seeds already finished")
     args = ap.parse_args(argv)
-    if args.preset not in registry.presets(args.task):
-        ap.error(f"task {args.task!r} has presets {list(registry.presets(args.task))}, not {args.preset!r}")
-    if args.budget is not None and args.budget < 1:
-        ap.error("--budget must be >= 1")
+    args.config = check_preset(ap, args.task, args.preset)
     return args
 
 
 def main(argv=None) -> str:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    preset = registry.get_config(args.task, args.preset)
-    seeds = args.seeds if args.seeds is not None else preset.seeds
+    seeds = args.seeds if args.seeds is not None else args.config.seeds
     base = {"optimizer": args.optimizer} | ({} if args.budget is None else {"budget": args.budget})
     cache: dict = {}
     summaries, dirs, labels = [], [], []
