@@ -289,8 +289,9 @@ def bench_dim(args, d):
     print(f"[D={d}] same surface (wrjax GP): EI at wrjax's point {row['ours_ei']:.6g}; SciPy "
           f"L-BFGS-B, {args.restarts} starts: {row['scipy_ei']:.6g} ({row['scipy_nfev']} evaluations, "
           f"{row['scipy_s']:.2f} s with wrjax's cached predictor)", flush=True)
+    # both references start from the cold fit's parameters, in float64
+    p0 = float64_scope(lambda s: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), s))(cold_state.params)
     if not args.no_reference:
-        p0 = float64_scope(lambda s: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), s))(cold_state.params)
         ref = run_reference(args, data, p0, d)
         p_ref = _reference_row(row, "ref", ref)
         row["ref_nfev"] = statistics.median(q["nfev"] for q in ref["queries"])
@@ -309,7 +310,6 @@ def bench_dim(args, d):
               f"reference GP {row['ei_under_ref']}; ELBO ours {row['elbo_ours']:.1f}, "
               f"ref {row['elbo_ref']:.1f}", flush=True)
     if not args.no_botorch:
-        p0 = float64_scope(lambda s: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), s))(cold_state.params)
         # BoTorch in float32 as the GPflow reference (a BoTorch user's default is float64; the
         # flag says which ran)
         bt = _run_reference(args, data, p0, d, args.ref_dtype, "reference_botorch.py", args.botorch_python)
