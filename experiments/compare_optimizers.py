@@ -8,7 +8,7 @@ Rows (each over the preset's seeds, or ``--seeds``):
 * ``WR + <optimizer>``: k and retraining interval of the preset (the paper: 1e-3, every 50),
   for each name in ``--optimizers`` (default: the preset's optimiser, then gp-ei; random;
   thompson; trust-region-ei; trust-region-ts; and constrained-ei where the task defines a
-  constraint).
+  constraint). ``--no-plain`` drops the first row, ``--plain-only`` keeps only it.
 
 A seed whose run directory already holds a finished (complete or stalled) run of the same
 configuration is read back from its ``summary.json`` (its time is that run's), so rerunning
@@ -32,8 +32,7 @@ import sys
 from pathlib import Path
 
 from experiments import tasks as registry
-from experiments.ablation import read_summaries
-from experiments.run import format_table, run_setting, setting_dir
+from experiments.report import Row, gather, write_report
 
 DEFAULT_OPTIMIZERS = ("gp-ei", "random", "thompson", "trust-region-ei", "trust-region-ts",
                       "constrained-ei")  # fmt: skip
@@ -49,7 +48,10 @@ def parse_args(argv):
     ap.add_argument("--budget", type=int)
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--workdir", type=Path, default=Path("runs"))
-    ap.add_argument("--no-plain", action="store_true", help="skip the plain-LSO row")
+    plain = ap.add_mutually_exclusive_group()
+    plain.add_argument("--no-plain", action="store_true", help="skip the plain-LSO row")
+    plain.add_argument("--plain-only", action="store_true",
+                       help="only the plain-LSO row (e.g. to add its seeds to a comparison)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: tabulate and plot the seeds already finished (missing ones are named)")
@@ -69,49 +71,26 @@ def main(argv=None) -> str:
     root = args.workdir / "compare" / args.task / args.preset
     rows = []
     if not args.no_plain:  # the preset's own optimiser (the paper's: grid on shapes, GP-EI elsewhere)
-        rows.append(("plain LSO", preset.optimizer, dict(base, k=math.inf, retrain_every=None)))
-    names = args.optimizers if args.optimizers is not None else (
+        over = dict(base, k=math.inf, retrain_every=None, optimizer=preset.optimizer)
+        rows.append(Row("plain LSO", over, root / "plain"))
+    names = [] if args.plain_only else args.optimizers if args.optimizers is not None else (
         [preset.optimizer] + [n for n in DEFAULT_OPTIMIZERS if n != preset.optimizer])  # fmt: skip
     for name in names:
         if name == "constrained-ei" and not hasattr(registry.configs(args.task), "constraint"):
             print(f"skipping constrained-ei: task {args.task!r} defines no constraint")
             continue
         if name == "grid" and preset.optimizer != "grid":
+            print(f"skipping grid: the grid is the 2-D shapes task's optimiser, not {args.task!r}'s")
             continue
-        rows.append((f"WR + {name}", name, dict(base)))
-    cache: dict = {}
-    summaries, dirs, labels = [], [], []
-    for label, optimizer, overrides in rows:
-        out = root / optimizer if label != "plain LSO" else root / "plain"
-        over = dict(overrides, optimizer=optimizer)
-        if args.report_only:
-            got = read_summaries(setting_dir(out, args.task, args.preset, over), label, seeds)
-            if not got:
-                continue
-        else:
-            got = run_setting(args.task, args.preset, over, seeds, out,
-                              progress=not args.no_progress, task_cache=cache)  # fmt: skip
-        for s in got:
-            s["setting"] = label
-        summaries += got
-        dirs.append(Path(got[0]["dir"]).parent)
-        labels.append(label)
-    if args.report_only and not summaries:
+        rows.append(Row(f"WR + {name}", dict(base, optimizer=name), root / name))
+    got = gather(rows, args.task, args.preset, seeds, report_only=args.report_only,
+                 progress=not args.no_progress)  # fmt: skip
+    if args.report_only and not got.summaries:
         raise SystemExit(f"no finished seeds under {root}")
-    table = format_table(summaries)
-    text = (f"{args.task}, preset {args.preset}, seeds {list(seeds)}"
-            + (f", budget {args.budget}" if args.budget else "") + "\n\n" + table + "\n")
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "compare.md").write_text(text)
-    print(text)
-    try:
-        from experiments.plot import plot_settings
-
-        plot_settings(dirs, root / "compare_topk.png", title=f"{args.task} ({args.preset})",
-                      labels=labels)
-    except Exception as e:  # noqa: BLE001 - the table is the result; a plot failure is not fatal
-        print(f"plot skipped: {type(e).__name__}: {e}")
-    return text
+    header = (f"{args.task}, preset {args.preset}, seeds {list(seeds)}"
+              + (f", budget {args.budget}" if args.budget else ""))  # fmt: skip
+    return write_report(got, header, root / "compare.md", title=f"{args.task} ({args.preset})",
+                        png_path=root / "compare_topk.png")  # fmt: skip
 
 
 if __name__ == "__main__":

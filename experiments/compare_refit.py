@@ -25,8 +25,8 @@ import sys
 from pathlib import Path
 
 from experiments import tasks as registry
-from experiments.ablation import read_summaries
-from experiments.run import check_preset, format_table, positive_int, run_setting, setting_dir
+from experiments.report import Row, gather, write_report
+from experiments.run import check_preset, positive_int
 
 SCHEDULES = ("every-query", "incremental")
 GP_OPTIMIZERS = ("gp-ei", "thompson", "trust-region-ei", "trust-region-ts", "constrained-ei")
@@ -56,40 +56,16 @@ def main(argv=None) -> str:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     seeds = args.seeds if args.seeds is not None else args.config.seeds
     base = {"optimizer": args.optimizer} | ({} if args.budget is None else {"budget": args.budget})
-    cache: dict = {}
-    summaries, dirs, labels = [], [], []
-    for schedule in args.schedules:
-        over = dict(base, refit=schedule)
-        label = f"WR + {args.optimizer}, {schedule}"
-        if args.report_only:
-            got = read_summaries(setting_dir(args.workdir, args.task, args.preset, over), label, seeds)
-        else:
-            got = run_setting(args.task, args.preset, over, seeds, args.workdir,
-                              progress=not args.no_progress, task_cache=cache)  # fmt: skip
-        if not got:
-            continue
-        for s in got:
-            s["setting"] = label
-        summaries += got
-        dirs.append(Path(got[0]["dir"]).parent)
-        labels.append(label)
-    if not summaries:
+    rows = [Row(f"WR + {args.optimizer}, {schedule}", dict(base, refit=schedule), args.workdir)
+            for schedule in args.schedules]  # fmt: skip
+    got = gather(rows, args.task, args.preset, seeds, report_only=args.report_only,
+                 progress=not args.no_progress)  # fmt: skip
+    if not got.summaries:
         raise SystemExit(f"no finished seeds of {args.task} {args.preset} under {args.workdir}")
-    text = (f"{args.task}, preset {args.preset}, seeds {list(seeds)}"
-            + (f", budget {args.budget}" if args.budget else "") + "\n\n"
-            + format_table(summaries) + "\n")  # fmt: skip
-    out = args.workdir / args.task / f"compare_refit-{args.preset}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
-    try:
-        from experiments.plot import plot_settings
-
-        plot_settings(dirs, out.with_suffix(".png"), title=f"{args.task} ({args.preset}): GP schedule",
-                      labels=labels)  # fmt: skip
-    except Exception as e:  # noqa: BLE001 - the table is the result; a plot failure is not fatal
-        print(f"plot skipped: {type(e).__name__}: {e}")
-    return text
+    header = (f"{args.task}, preset {args.preset}, seeds {list(seeds)}"
+              + (f", budget {args.budget}" if args.budget else ""))  # fmt: skip
+    return write_report(got, header, args.workdir / args.task / f"compare_refit-{args.preset}.md",
+                        title=f"{args.task} ({args.preset}): GP schedule")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -133,6 +133,10 @@ def test_compare_optimizers_plain_row_uses_the_presets_optimizer_and_rereads_fin
     strip = lambda t: [line.rsplit("|", 3)[0] for line in t.splitlines()]  # noqa: E731
     assert strip(again) == strip(first)
     assert strip(compare_optimizers.main(argv + ["--report-only"])) == strip(first)
+    only = compare_optimizers.main(argv + ["--plain-only"])  # read back too: run is patched out
+    assert "plain LSO" in only and "WR + random" not in only
+    with pytest.raises(SystemExit):
+        compare_optimizers.main(argv + ["--plain-only", "--no-plain"])
     (random_summary,) = (root / "random").rglob("summary.json")
     moved = random_summary.with_name("summary.json.away")
     random_summary.rename(moved)  # an unfinished seed: report-only leaves its row out
