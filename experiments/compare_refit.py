@@ -1,9 +1,12 @@
 """Compare the sparse GP's schedules within a retrain cycle on one loop: a warm refit before
 every query (the authors', ``GPFitConfig(refit="every-query")``) against rank-one conditioning
-with refits on a schedule (``refit="incremental"``, :mod:`wrjax.gp_update`).
+with refits on a schedule (``refit="incremental"``, :mod:`wrjax.gp_update`), and optionally
+(``--schedules ... every-query-converged``) a refit before every query run to convergence like
+the incremental schedule's refits, which separates "better fits" from "rank-one updates".
 
 One row per schedule, each the preset's weighted-retraining setting with a GP optimiser
-(``--optimizer``, default ``gp-ei``) over the preset's seeds (or ``--seeds``). Each run is the
+(``--optimizer``, default ``gp-ei``; the incremental schedule is gp-ei's only) over the
+preset's seeds (or ``--seeds``). Each run is the
 resumable ``wrjax.run`` in the directory ``experiments.run`` gives it
 (``WORKDIR/TASK/GROUP/SETTING/seedN``, the group naming the schedule), so
 
@@ -28,7 +31,8 @@ from experiments import tasks as registry
 from experiments.report import Row, gather, write_report
 from experiments.run import check_preset, positive_int
 
-SCHEDULES = ("every-query", "incremental")
+SCHEDULES = ("every-query", "every-query-converged", "incremental")
+DEFAULT_SCHEDULES = ("every-query", "incremental")
 GP_OPTIMIZERS = ("gp-ei", "thompson", "trust-region-ei", "trust-region-ts", "constrained-ei")
 
 
@@ -40,7 +44,9 @@ def parse_args(argv):
     ap.add_argument("task", choices=sorted(registry.TASKS))
     ap.add_argument("--preset", default="smoke")
     ap.add_argument("--optimizer", default="gp-ei", choices=GP_OPTIMIZERS)
-    ap.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=list(SCHEDULES))
+    ap.add_argument("--schedules", nargs="+", choices=SCHEDULES, default=list(DEFAULT_SCHEDULES),
+                    help="default: " + " ".join(DEFAULT_SCHEDULES) + "; every-query-converged runs "
+                    "each warm refit to convergence as the incremental schedule's refits do")
     ap.add_argument("--budget", type=positive_int)
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--workdir", type=Path, default=Path("runs"))
@@ -49,6 +55,9 @@ def parse_args(argv):
                     help="run nothing: tabulate and plot the seeds already finished")
     args = ap.parse_args(argv)
     args.config = check_preset(ap, args.task, args.preset)
+    if args.optimizer != "gp-ei" and "incremental" in args.schedules:
+        ap.error(f"the incremental schedule is gp-ei's only, not {args.optimizer}'s "
+                 "(--schedules every-query every-query-converged)")
     return args
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from experiments import tasks as registry
 from experiments.configs import RunConfig
 from wrjax import LSOConfig, format_k, metrics, run
+from wrjax.bo import REFIT_SCHEDULES
 from wrjax.loop.run import run_config_json
 
 _LSO_FIELDS = {f.name for f in dataclasses.fields(LSOConfig)}
@@ -46,7 +47,7 @@ def group_name(preset: str, budget: int, optimizer: str, refit: str | None = Non
 def resolve_config(task_name: str, preset: str, overrides: dict) -> RunConfig:
     """The preset's :class:`RunConfig` with the command line's ``overrides`` applied:
     ``optimizer`` replaces the optimiser, ``refit`` the GP refit schedule of its
-    :class:`wrjax.bo.BOConfig` (``"every-query"`` or ``"incremental"``), the others (``k``,
+    :class:`wrjax.bo.BOConfig` (one of :data:`wrjax.bo.REFIT_SCHEDULES`), the others (``k``,
     ``retrain_every``, ``budget``, ...) are :class:`wrjax.LSOConfig` fields of
     ``config.loop``."""
     config = registry.get_config(task_name, preset)
@@ -197,10 +198,11 @@ def main(argv=None):
                     help="evaluations between retrains, or 'none'")
     ap.add_argument("--budget", type=positive_int)
     ap.add_argument("--optimizer", choices=registry.OPTIMIZERS)
-    ap.add_argument("--gp-refit", choices=("every-query", "incremental"),
+    ap.add_argument("--gp-refit", choices=REFIT_SCHEDULES,
                     help="the sparse GP's schedule within a retrain cycle: a warm refit before "
-                    "every query (the authors'), or rank-one conditioning with refits on a schedule "
-                    "(wrjax.bo.GPFitConfig.refit); default: the preset's")
+                    "every query (the authors'), the same refit run to convergence, or rank-one "
+                    "conditioning with refits on a schedule (wrjax.bo.GPFitConfig.refit); default: "
+                    "the preset's")
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--workdir", type=Path, default=Path("runs"))
     ap.add_argument("--no-progress", action="store_true")

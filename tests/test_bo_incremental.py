@@ -175,3 +175,53 @@ def test_toy_loop_with_the_incremental_schedule_resumes_exactly(tmp_path):
         lso.run(key, toy, cfg, optimizer=opt, workdir=tmp_path / "cut", progress=False, callbacks=[interrupt])
     resumed = lso.run(key, toy, cfg, optimizer=opt, workdir=tmp_path / "cut", progress=False)
     assert _strip(resumed.records) == _strip(full.records)
+
+
+@pytest.mark.slow  # four L-BFGS/EI programs to compile: 333 s on 2 loaded cores
+def test_every_query_converged_refits_to_what_fit_converged_reaches():
+    """The converged every-query refit is gp.fit_converged from the previous fit's parameters
+    on the same subset (reference: that call made by hand), in more steps than the fixed
+    refit's ``warm_steps``, through both fit_sparse_gp and the suggest path."""
+    z, y, mask = _buffer()
+    conv = dataclasses.replace(FIT, refit="every-query-converged", refit_max_steps=60, refit_tol=1e-7)
+    cold = bo.fit_sparse_gp(jax.random.key(0), z, y, mask, fit=conv)  # a cold fit: as every-query
+    warm_conv = bo.fit_sparse_gp(jax.random.key(1), z, y, mask, fit=conv, state=cold.state)
+
+    @float64_scope
+    def reference():
+        p0 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), cold.state.params)
+        opt = gp.make_optimizer(conv.learning_rate, method="lbfgs")
+        _, _, info = gp.fit_converged(p0, opt.init(p0), cold.data, optimizer=opt,
+                                      max_steps=conv.refit_max_steps, tol=conv.refit_tol, window=1,
+                                      jitter=conv.jitter)  # fmt: skip
+        return float(info.elbo), int(info.num_steps)
+
+    elbo, steps = reference()
+    assert conv.warm_steps < steps <= conv.refit_max_steps
+    # the same steps (rounding differs between the two programs' fusions: 1e-7 measured)
+    np.testing.assert_allclose(warm_conv.elbo, elbo, rtol=1e-6)
+    # the suggest path takes the same refit and says how many steps it made
+    _, _, info = bo.bo_suggest(jax.random.key(1), z, y, mask,
+                               config=bo.BOConfig(**dataclasses.asdict(conv), num_restarts=4,
+                                                  num_random_starts=2, ascent_steps=30),
+                               state=cold.state)  # fmt: skip
+    assert info.fit_steps == steps
+    np.testing.assert_allclose(info.elbo, elbo, rtol=1e-6)
+    # its config.json names only the fields it uses
+    fit_json = bo.make_gp_ei(conv).config["fit"]
+    assert fit_json["refit"] == "every-query-converged" and fit_json["refit_max_steps"] == 60
+    assert "refit_every" not in fit_json and "incremental_window" not in fit_json
+
+
+def test_the_incremental_schedule_is_gp_eis_only():
+    from wrjax import latent_bo
+
+    inc = bo.GPFitConfig(refit="incremental")
+    for make in (lambda: latent_bo.make_thompson(inc), lambda: latent_bo.make_trust_region(10, inc),
+                 lambda: latent_bo.make_constrained_ei(lambda t, r: np.zeros(len(r)), 1.0, inc),
+                 lambda: latent_bo.make_constrained_ei(lambda t, r: np.zeros(len(r)), 1.0,
+                                                       constraint_fit=inc)):  # fmt: skip
+        with pytest.raises(ValueError, match="gp-ei's schedule only"):
+            make()
+    conv = bo.GPFitConfig(refit="every-query-converged")
+    assert latent_bo.make_thompson(conv).config["fit"]["refit"] == "every-query-converged"

@@ -60,6 +60,9 @@ def _check_counts(owner: str, config, positive=(), nonneg=()):
             raise ValueError(f"{owner}.{name} must be >= 0, got {getattr(config, name)}")
 
 
+REFIT_SCHEDULES = ("every-query", "every-query-converged", "incremental")
+
+
 @dataclasses.dataclass(frozen=True)
 class GPFitConfig:
     """The GP's data and its fit (static: a change recompiles the fit program only).
@@ -90,6 +93,11 @@ class GPFitConfig:
       jitter: base Kzz jitter relative to the signal variance (grown on failure).
       refit: the schedule of :func:`make_gp_ei` within a retrain cycle. ``"every-query"``
         (default, the authors'): a warm refit of ``warm_steps`` before every query.
+        ``"every-query-converged"``: a warm refit before every query run to convergence
+        (:func:`wrjax.gp.fit_converged`, at most ``refit_max_steps``, ``refit_tol`` nats
+        per point), the refit the incremental schedule makes, so that the two schedules can
+        be compared at equal fits; :func:`fit_sparse_gp` (the other GP optimisers) honours
+        it too.
         ``"incremental"``: the points observed since the last query enter the cached
         posterior by rank-one updates (:mod:`wrjax.gp_update`, ``O(M^2)`` each, kernel,
         inducing points and target scaling fixed) and a warm *converged* refit
@@ -104,7 +112,8 @@ class GPFitConfig:
         Defaults from the ``schedule`` notes in ``benchmarks/RESULTS.md``.
       incremental_window: incremental: most new rows absorbed per query (a static window;
         more new rows than this, or than ``n_include``, force a refit instead).
-      refit_max_steps, refit_tol: incremental: the converged refit's cap and tolerance.
+      refit_max_steps, refit_tol: incremental and every-query-converged: the converged
+        refit's cap and tolerance.
     """
 
     num_inducing: int = 500
@@ -133,7 +142,7 @@ class GPFitConfig:
         _check_counts(owner, self, positive=("num_inducing", "incremental_window", "refit_max_steps"),
                       nonneg=("n_best", "n_random", "n_include", "kmeans_iters", "cold_kernel_steps",
                               "cold_steps", "warm_steps", "refit_every"))  # fmt: skip
-        check_choice(f"{owner}.refit", self.refit, ("every-query", "incremental"))
+        check_choice(f"{owner}.refit", self.refit, REFIT_SCHEDULES)
         if not self.refit_tol >= 0:
             raise ValueError(f"{owner}.refit_tol must be >= 0")
         if self.n_best + self.n_random + self.n_include <= 0:
@@ -433,7 +442,7 @@ def _fit_program(key, subset_key, z, y, mask, include, state_params, state_opt, 
         # the state came from another optimiser
         same = jax.tree.structure(state_opt) == jax.tree.structure(fresh)
         opt_state = state_opt if (method == "adam" and same) else fresh
-        if converged:  # the incremental schedule's rare refits: to convergence, capped
+        if converged:  # to convergence, capped: every-query-converged, incremental's refits
             params, opt_state, info = gp.fit_converged(
                 state_params, opt_state, data, optimizer=opt, max_steps=config.refit_max_steps,
                 tol=config.refit_tol, window=1 if method == "lbfgs" else 20, jitter=config.jitter,
@@ -550,6 +559,11 @@ def _as_key(key):
     return key
 
 
+def _converged_warm(fit: GPFitConfig, cold: bool) -> bool:
+    """Whether a refit (not :func:`make_gp_ei`'s incremental path) runs to convergence."""
+    return not cold and fit.refit == "every-query-converged"
+
+
 def _fit(k_subset, k_init, z, y, mask, *, fit: GPFitConfig, state, cold, include, converged=False):
     """The fit program on host inputs: ``(_FitOut, new BOState)`` (inside float64)."""
     c = np.shape(z)[0]
@@ -598,7 +612,7 @@ def fit_sparse_gp(key, z, y, mask, *, fit: GPFitConfig = GPFitConfig(),
     k_subset, k_init = jax.random.split(_as_key(key))
     cold = state is None
     out, new_state = _fit(k_subset, k_init, z, y, mask, fit=fit, state=state, cold=cold,
-                          include=include)  # fmt: skip
+                          include=include, converged=_converged_warm(fit, cold))  # fmt: skip
     return GPFit(out.pred, out.data, new_state, float(out.info.elbo),
                  float(max(out.info.jitter, out.pred.jitter)), int(out.num_data),
                  time.perf_counter() - t0)  # fmt: skip
@@ -611,7 +625,7 @@ def _suggest(key, z, y, mask, *, fit: GPFitConfig, acquisition: AcquisitionConfi
     t0 = time.perf_counter()
     k_subset, k_init, k_acq = jax.random.split(_as_key(key), 3)
     out, new_state = _fit(k_subset, k_init, z, y, mask, fit=fit, state=state, cold=cold,
-                          include=include)  # fmt: skip
+                          include=include, converged=_converged_warm(fit, cold))  # fmt: skip
     t1 = time.perf_counter()
     res = _acq_program(k_acq, out.pred, out.data, config=acquisition)
     jax.block_until_ready(res)
@@ -808,8 +822,9 @@ def make_gp_ei(fit: GPFitConfig = GPFitConfig(),
         return Proposal(cands, None, stats), new_state
 
     fit_json = dataclasses.asdict(fit)
-    if fit.refit == "every-query":  # unused then: keeps the config.json of such runs as it was
-        fit_json = {k: v for k, v in fit_json.items() if k not in _INCREMENTAL_NAMES}
+    if fit.refit != "incremental":  # unused then: keeps the config.json of such runs as it was
+        used = ("refit", "refit_max_steps", "refit_tol") if fit.refit == "every-query-converged" else ()
+        fit_json = {k: v for k, v in fit_json.items() if k not in _INCREMENTAL_NAMES or k in used}
     config = {"fit": fit_json, "acquisition": dataclasses.asdict(acquisition)}
     return Optimizer(init, propose, "gp-ei", config)
 

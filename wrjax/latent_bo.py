@@ -138,6 +138,7 @@ def make_thompson(
     """
     if num_candidates < q or q < 1:
         raise ValueError(f"need 1 <= q <= num_candidates, got q={q}, {num_candidates}")
+    _check_schedule("make_thompson", fit)
 
     def init(ctx):
         return None
@@ -161,6 +162,15 @@ def make_thompson(
 @functools.lru_cache(maxsize=32)
 def _fit_with_include(fit: bo.GPFitConfig, capacity: int) -> bo.GPFitConfig:
     return dataclasses.replace(fit, n_include=max(fit.n_include, capacity))
+
+
+def _check_schedule(name: str, fit: bo.GPFitConfig) -> None:
+    """These optimisers fit through :func:`wrjax.bo.fit_sparse_gp`, which always refits: the
+    incremental schedule's rank-one updates feed only :func:`wrjax.bo.make_gp_ei`'s cached
+    posterior, so asking for it here would silently run the every-query schedule."""
+    if fit.refit == "incremental":
+        raise ValueError(f"{name}: GPFitConfig(refit='incremental') is gp-ei's schedule only; "
+                         "use 'every-query' or 'every-query-converged'")
 
 
 def _fit_for(fit: bo.GPFitConfig, ctx) -> bo.GPFitConfig:
@@ -243,6 +253,7 @@ def make_trust_region(
         raise ValueError(f"num_initial must be >= 0, got {num_initial}")
     if restart_after_discards is not None and restart_after_discards < 1:
         raise ValueError(f"restart_after_discards must be >= 1 or None, got {restart_after_discards}")
+    _check_schedule("make_trust_region", fit)
 
     def init(ctx):
         c = _buffer_rows(ctx)
@@ -342,6 +353,8 @@ def make_constrained_ei(
     objective GP: the objective scores them, e.g. at the floor of a capped objective).
     """
     cfit = fit if constraint_fit is None else constraint_fit
+    _check_schedule("make_constrained_ei", fit)
+    _check_schedule("make_constrained_ei (constraint_fit)", cfit)
 
     def values(ctx, rows):
         return np.asarray(constraint(ctx.task, rows), np.float64)
