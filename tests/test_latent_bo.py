@@ -250,7 +250,7 @@ def test_compare_refit_reads_the_directories_experiments_run_writes(tmp_path):
 
     # experiments.run --k 1e-3 --retrain-every 50 --gp-refit R (the RESULTS commands) and
     # compare_refit's rows name the same run directory, for each schedule
-    for r in ("every-query", "incremental"):
+    for r in ("every-query", "every-query-converged", "incremental"):
         cli = run_cli.setting_dir(tmp_path, "expressions", "cpu",
                                   {"k": 1e-3, "retrain_every": 50, "refit": r})
         ours = run_cli.setting_dir(tmp_path, "expressions", "cpu", {"optimizer": "gp-ei", "refit": r})
@@ -260,6 +260,11 @@ def test_compare_refit_reads_the_directories_experiments_run_writes(tmp_path):
     assert not list(tmp_path.rglob("*.md"))
     with pytest.raises(SystemExit):
         compare_refit.main(["toy", "--optimizer", "random"])
+    with pytest.raises(SystemExit, match="2"):  # the incremental schedule is gp-ei's only
+        compare_refit.parse_args(["toy", "--optimizer", "thompson"])
+    args = compare_refit.parse_args(["toy", "--optimizer", "thompson", "--schedules", "every-query",
+                                     "every-query-converged"])  # fmt: skip
+    assert args.schedules == ["every-query", "every-query-converged"]
 
 
 @pytest.mark.slow  # 60-150 s: two toy runs, each compiling its GP programs
