@@ -23,6 +23,10 @@ under both fitted GPs (evaluated exactly, in float64, by wrjax), and the fits by
 
 GP-level sections (``--sections``; ``bo`` is the query comparison above):
 
+* ``cold``: a cold fit from nothing (k-means and the authors' two phases) against
+  :func:`wrjax.gp.cold_fit` (subset kernel fit, greedy inducing points, L-BFGS on all):
+  time and bound (``--cold-repeats`` runs each). The other sections start from the
+  authors' cold fit (``--cold-fit``), the state their recorded tables started from.
 * ``refit``: from the cold fit's state, warm refits that stop on a convergence test
   (:func:`wrjax.gp.fit_converged`, L-BFGS and Adam) against the fixed 20 L-BFGS steps:
   time, iterations, bound (and the time at which each first reaches the reference's
@@ -238,6 +242,7 @@ def bench_dim(args, d):
         n_random=n - n // 5,
         cold_kernel_steps=args.cold_kernel_steps,
         cold_steps=args.cold_steps,
+        cold_fit=args.cold_fit,
         num_restarts=args.restarts,
         num_random_starts=args.restarts // 2,
     )
@@ -495,7 +500,7 @@ def _cold_state(args, d):
     mask = np.ones(args.n, bool)
     config = bo.BOConfig(
         num_inducing=args.m, n_best=args.n // 5, n_random=args.n - args.n // 5,
-        cold_kernel_steps=args.cold_kernel_steps, cold_steps=args.cold_steps,
+        cold_kernel_steps=args.cold_kernel_steps, cold_steps=args.cold_steps, cold_fit=args.cold_fit,
         num_restarts=args.restarts, num_random_starts=args.restarts // 2,
     )  # fmt: skip
     k_cold, _ = jax.random.split(jax.random.key(d))
@@ -754,6 +759,54 @@ def bench_schedule(args, d):
                 first_steps=int(info0.num_steps), first_converged=bool(info0.converged))
 
 
+@float64_scope
+def bench_cold(args, d):
+    """Cold fits from nothing on the same data: the authors' two phases against
+    ``gp.cold_fit`` (``GPFitConfig.cold_fit``), each compiled ahead of time, then
+    ``--cold-repeats`` timed runs (median)."""
+    z, y = synthetic(np.random.default_rng(d), args.n, d)
+    data = gp.make_data(z, y, np.ones(args.n, bool))
+    key = jax.random.key(d)
+
+    def authors(key, data):
+        params = gp.init_params(key, data, num_inducing=args.m)
+        opt1 = gp.make_optimizer(0.1, train_inducing=False)
+        params, _, i1 = gp.fit(params, opt1.init(params), data, optimizer=opt1,
+                               num_steps=args.cold_kernel_steps)  # fmt: skip
+        opt2 = gp.make_optimizer(method="lbfgs")
+        params, _, i2 = gp.fit(params, opt2.init(params), data, optimizer=opt2, num_steps=args.cold_steps)
+        return params, i2._replace(num_steps=jnp.asarray(args.cold_kernel_steps + args.cold_steps))
+
+    f = bo.GPFitConfig()
+    variants = [
+        (f"authors: k-means, {args.cold_kernel_steps} Adam (kernel) + {args.cold_steps} L-BFGS (all)", authors),
+        (f"subset-greedy (default): {f.cold_subset}-row subset, {f.cold_warmup_steps} Adam + <= "
+         f"{f.cold_kernel_max_steps} L-BFGS (kernel), greedy inducing points, <= {f.cold_max_steps} "
+         "L-BFGS (all)", functools.partial(gp.cold_fit, num_inducing=args.m, subset_size=f.cold_subset,
+                                           warmup_steps=f.cold_warmup_steps,
+                                           kernel_max_steps=f.cold_kernel_max_steps,
+                                           max_steps=f.cold_max_steps, tol=f.refit_tol)),
+    ]  # fmt: skip
+    rows = []
+    for name, fn in variants:
+        t = time.perf_counter()
+        compiled = jax.jit(fn).lower(key, data).compile()
+        compile_s = time.perf_counter() - t
+        times = []
+        for _ in range(args.cold_repeats):
+            t = time.perf_counter()
+            params, info = compiled(key, data)
+            jax.block_until_ready(params)
+            times.append(time.perf_counter() - t)
+        row = dict(name=name, seconds=statistics.median(times), times=times, compile_s=compile_s,
+                   steps=int(info.num_steps), elbo=float(info.elbo))  # fmt: skip
+        rows.append(row)
+        print(f"[D={d}] cold fit {name}: {row['seconds']:.1f} s (runs {[round(t, 1) for t in times]}, "
+              f"compile {compile_s:.1f} s), {row['steps']} steps, ELBO {row['elbo']:.1f} "
+              f"(reference {REFERENCE_BOUND.get(d)})", flush=True)
+    return rows
+
+
 def gp_markdown(args, out, wall):
     lines = [
         f"### GP-level query costs (`--sections {' '.join(args.sections)}`)", "",
@@ -765,6 +818,20 @@ def gp_markdown(args, out, wall):
         "restarts x 200 ascent steps, synthetic data of `synthetic()`.", "",
     ]
     for d, sec in out.items():
+        if "cold" in sec:
+            lines += [
+                f"**Cold fit from nothing, D = {d}** (N = {args.n:,}, M = {args.m}; the same data and "
+                f"key for both; median of {args.cold_repeats} runs after AOT compilation). Reference "
+                f"bound {REFERENCE_BOUND.get(d)} = GPflow's 100 Adam steps from an earlier wrjax "
+                "cold fit (recorded; see the warm-refit table).", "",
+                "| cold fit | seconds (runs) | compile (s) | steps | ELBO |",
+                "|---|---|---|---|---|",
+            ]
+            for r in sec["cold"]:
+                runs = ", ".join(f"{t:.1f}" for t in r["times"])
+                lines.append(f"| {r['name']} | {r['seconds']:.1f} ({runs}) | {r['compile_s']:.1f} | "
+                             f"{r['steps']} | {r['elbo']:.1f} |")
+            lines.append("")
         if "refit" in sec:
             ref = REFERENCE_BOUND.get(d)
             lines += [
@@ -881,7 +948,11 @@ def main():
                    help="Python of the BoTorch venv (see reference_botorch.py)")
     p.add_argument("--no-botorch", action="store_true", help="skip the BoTorch reference")
     p.add_argument("--sections", nargs="+", default=["bo", "refit", "incremental", "curve", "threads"],
-                   choices=["bo", "refit", "incremental", "curve", "threads", "schedule"])
+                   choices=["bo", "cold", "refit", "incremental", "curve", "threads", "schedule"])
+    p.add_argument("--cold-repeats", type=int, default=3, help="timed runs of each cold fit")
+    p.add_argument("--cold-fit", default="authors", choices=bo.COLD_FITS,
+                   help="the cold fit of the bo, refit and incremental sections (authors: the "
+                        "state their recorded tables start from)")
     p.add_argument("--schedule-n", type=int, default=2_000)
     p.add_argument("--schedule-m", type=int, default=100)
     p.add_argument("--schedule-at", type=int, nargs="+", default=[5, 10, 25, 50])
@@ -907,6 +978,8 @@ def main():
     out = {}
     for d in args.dims:
         sec = out.setdefault(d, {})
+        if "cold" in gp_sections:
+            sec["cold"] = bench_cold(args, d)
         if "refit" in gp_sections or "incremental" in gp_sections:
             params, data, sec["cold_s"], sec["cold_elbo"] = _cold_state(args, d)
             print(f"[D={d}] cold fit {sec['cold_s']:.1f} s, ELBO {sec['cold_elbo']:.1f}", flush=True)

@@ -23,6 +23,7 @@ CFG = bo.BOConfig(
     n_random=80,
     n_include=4,
     kmeans_iters=5,
+    cold_fit="authors",  # the step counts below are the authors' phases'
     cold_kernel_steps=30,
     cold_steps=30,
     warm_steps=7,
@@ -257,3 +258,36 @@ def test_make_gp_ei_is_an_init_propose_pair(runs):
     # the same query as bo_suggest's cold fit with the same key
     np.testing.assert_array_equal(proposal.z, runs["cold"][0])
     assert isinstance(state, bo.BOState) and np.isfinite(proposal.info["elbo"])
+
+
+def test_cold_fit_choice_is_validated_and_recorded_only_where_used():
+    with pytest.raises(ValueError, match=r"GPFitConfig\.cold_fit"):
+        bo.GPFitConfig(cold_fit="fast")
+    with pytest.raises(ValueError, match=r"cold_subset"):
+        bo.GPFitConfig(cold_subset=0)
+    with pytest.raises(ValueError, match=r"cold_max_steps"):
+        bo.GPFitConfig(cold_max_steps=-1)
+    default = bo.make_gp_ei(bo.GPFitConfig()).config["fit"]
+    authors = bo.make_gp_ei(bo.GPFitConfig(cold_fit="authors")).config["fit"]
+    assert default["cold_fit"] == "subset-greedy" and "cold_steps" not in default
+    # an "authors" run writes the config.json of the runs recorded before the choice existed
+    assert not {"cold_fit", "cold_subset", "cold_warmup_steps", "cold_kernel_max_steps",
+                "cold_max_steps"} & set(authors)  # fmt: skip
+    assert authors["cold_kernel_steps"] == 100 and authors["cold_steps"] == 100
+
+
+def test_subset_greedy_cold_fit_in_a_query(runs):
+    """The default cold fit through bo_suggest: its steps within the phases' caps, a bound
+    equal to the float64 bound of the returned state on the query's data, and a warm refit
+    that starts exactly there."""
+    cfg = dataclasses.replace(CFG, cold_fit="subset-greedy", cold_subset=60, cold_warmup_steps=10,
+                              cold_kernel_max_steps=20, cold_max_steps=15)  # fmt: skip
+    z, y, mask = runs["z"], runs["y"], runs["mask"]
+    keys = runs["keys"]
+    cand, state, info = bo.bo_suggest(keys[0], z, y, mask, config=cfg)
+    assert info.cold and 10 < info.fit_steps <= 10 + 20 + 15
+    assert len(info.loss) == 10 + 20 + 15 and np.isfinite(info.elbo)
+    assert cand.shape[1] == D and np.isfinite(cand).all()
+    _, _, warm = bo.bo_suggest(keys[1], z, y, mask, config=cfg, state=state)
+    np.testing.assert_allclose(warm.loss[0], -info.elbo, rtol=1e-9)
+    assert warm.elbo >= info.elbo - 1e-6

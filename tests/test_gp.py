@@ -593,3 +593,99 @@ def test_should_refit_criteria():
     assert bool(jitted(info(num_added=3))) and not bool(jitted(info(num_added=1)))
     with pytest.raises(ValueError, match="at least one"):
         gp_update.should_refit(info())
+
+
+def _np_greedy(x, mask, m, ls, var):
+    """Greedy conditional variance in NumPy: at each step the valid row with the largest
+    diagonal of Kff - Kfs Kss^{-1} Ksf (computed afresh with a solve, not by the
+    pivoted-Cholesky recursion), ties to the lowest index."""
+    k = _np_kernel(x, x, ls, var)
+    chosen = []
+    for _ in range(m):
+        if chosen:
+            kss, kfs = k[np.ix_(chosen, chosen)], k[:, chosen]
+            resid = var - np.sum(kfs * np.linalg.solve(kss, kfs.T).T, axis=1)
+        else:
+            resid = np.full(len(x), var)
+        resid[~mask] = -1.0
+        resid[chosen] = -1.0
+        chosen.append(int(np.argmax(resid)))
+    return chosen
+
+
+def test_greedy_inducing_points_match_the_conditional_variance_rule(rng):
+    x = rng.uniform(-2, 2, size=(80, 3))
+    mask = rng.random(80) < 0.8
+    ls, var = np.array([0.7, 1.1, 0.9]), 1.7
+    got = np.asarray(gp.greedy_inducing_points(x, mask, num_inducing=12, lengthscale=ls, variance=var))
+    want = x[_np_greedy(x, mask, 12, ls, var)]
+    np.testing.assert_allclose(got, want, rtol=0, atol=0)
+    assert len({tuple(r) for r in got}) == 12  # distinct rows, all valid
+    assert all(mask[np.flatnonzero((x == r).all(axis=1))[0]] for r in got)
+
+
+def test_greedy_inducing_points_with_fewer_valid_rows_than_slots(rng):
+    x = rng.uniform(-2, 2, size=(30, 2))
+    mask = np.zeros(30, bool)
+    mask[[3, 8, 21]] = True
+    z = np.asarray(gp.greedy_inducing_points(x, mask, num_inducing=7, lengthscale=np.ones(2),
+                                             variance=1.0))  # fmt: skip
+    assert np.isfinite(z).all()
+    # every valid row is taken first, then the last one repeats; no masked row ever
+    assert {tuple(r) for r in z[:3]} == {tuple(r) for r in x[mask]}
+    np.testing.assert_array_equal(z[3:], np.repeat(z[2:3], 4, axis=0))
+
+
+def test_greedy_points_leave_less_unexplained_variance_than_random_points(rng):
+    x = rng.uniform(-3, 3, size=(400, 2))
+    ls, var = np.array([0.6, 0.6]), 1.0
+
+    def trace_gap(z):  # tr(Kff - Qff): the collapsed bound's trace penalty (times 2 s^2)
+        kzz = _np_kernel(z, z, ls, var) + 1e-8 * np.eye(len(z))
+        kzf = _np_kernel(z, x, ls, var)
+        return len(x) * var - np.sum(kzf * np.linalg.solve(kzz, kzf))
+
+    z = np.asarray(gp.greedy_inducing_points(x, np.ones(400, bool), num_inducing=30, lengthscale=ls,
+                                             variance=var))  # fmt: skip
+    random_gaps = [trace_gap(x[rng.choice(400, 30, replace=False)]) for _ in range(20)]
+    assert trace_gap(z) < min(random_gaps)
+
+
+def test_random_rows_take_valid_rows_first_and_pad(key):
+    mask = np.zeros(50, bool)
+    mask[::7] = True  # 8 valid rows
+    sub = gp.random_rows(key, jnp.asarray(mask), 12)
+    idx, m = np.asarray(sub.index), np.asarray(sub.mask)
+    assert m[:8].all() and not m[8:].any()
+    assert set(idx[:8]) == set(np.flatnonzero(mask))
+    sub2 = gp.random_rows(key, jnp.asarray(mask), 5)
+    assert np.asarray(sub2.mask).all() and set(np.asarray(sub2.index)) <= set(np.flatnonzero(mask))
+
+
+def test_cold_fit_reports_its_trace_and_a_bound_below_the_evidence(key, rng):
+    subset_size = 60  # < N: the kernel phase runs on a random subset
+    x, y = _problem(rng, n=150)
+    mask = np.ones(150, bool)
+    mask[140:] = False  # padding rows carry nothing
+
+    @float64_scope
+    def run():
+        data = gp.make_data(x, y, mask)
+        fn = jax.jit(gp.cold_fit, static_argnames=("num_inducing", "subset_size", "warmup_steps",
+                                                   "kernel_max_steps", "max_steps"))  # fmt: skip
+        params, info = fn(key, data, num_inducing=10, subset_size=subset_size, warmup_steps=10,
+                          kernel_max_steps=30, max_steps=20)  # fmt: skip
+        start = gp.init_params(key, data, num_inducing=10)
+        return (params, info, float(gp.collapsed_elbo(params, data)),
+                float(gp.exact_log_marginal_likelihood(params, data)), float(gp.collapsed_elbo(start, data)))
+
+    params, info, elbo, exact, start = run()
+    trace = np.asarray(info.loss)
+    assert trace.shape == (10 + 30 + 20,)
+    # the steps taken are the finite entries: all 10 Adam steps, then each L-BFGS phase's
+    assert int(info.num_steps) == int(np.isfinite(trace).sum()) and int(info.num_steps) > 10
+    np.testing.assert_allclose(float(info.elbo), elbo, rtol=1e-8, atol=1e-6)  # jit vs eager
+    assert elbo <= exact + 1e-6  # a lower bound on the evidence of the same kernel and noise
+    assert elbo > start  # better than the authors' starting point it began from
+    # the inducing points are optimised from valid rows: none sits on the padding's zeros
+    assert int(info.skipped) == 0 and np.isfinite(np.asarray(params.inducing)).all()
