@@ -238,3 +238,26 @@ def test_gp_ei_optimizer_runs_through_the_loop(toy, tmp_path):
     assert len({r["key"] for r in ok}) == len(ok)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["optimizer"] == "gp-ei" and config["optimizer_config"]["fit"]["num_inducing"] == 16
+    # every proposal's fit is logged beside the records: one line per proposal, the cycle
+    # starts cold (refitted, the default subset-greedy fit's steps), and the summary says so
+    logged = [json.loads(line) for line in (tmp_path / "proposals.jsonl").read_text().splitlines()]
+    proposals = sorted({(r["cycle"], r["proposal"]) for r in res.records})
+    assert [(e["cycle"], e["proposal"]) for e in logged] == proposals
+    starts = [e for i, e in enumerate(logged) if i == 0 or e["cycle"] != logged[i - 1]["cycle"]]
+    assert len(starts) == 2 and all(e["refitted"] and e["fit_steps"] > fit.cold_warmup_steps for e in starts)
+    opt = res.summary["optimizer"]
+    assert opt["proposals"] == len(logged) and opt["refits"] == sum(e["refitted"] for e in logged)
+    assert opt["fit_steps"]["max"] == max(e["fit_steps"] for e in logged)
+
+
+def test_load_proposals_keeps_the_last_line_of_each_and_skips_damage(tmp_path):
+    from wrjax.loop.records import append_proposal, load_proposals
+
+    append_proposal(tmp_path, 0, 0, {"fit_steps": 5, "elbo": np.float64(1.5)})
+    append_proposal(tmp_path, 0, 1, {"fit_steps": 2})
+    append_proposal(tmp_path, 0, 1, {"fit_steps": 3})  # a resumed run's replay of proposal 1
+    with open(tmp_path / "proposals.jsonl", "a") as f:
+        f.write('{"cycle": 1, "propo')  # a torn last line
+    got = load_proposals(tmp_path)
+    assert [(e["proposal"], e["fit_steps"]) for e in got] == [(0, 5), (1, 3)]
+    assert got[0]["elbo"] == 1.5 and load_proposals(tmp_path / "missing") == []

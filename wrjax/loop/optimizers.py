@@ -38,7 +38,7 @@ class Proposal(NamedTuple):
 
     z: Any  # (R, D) float32
     objects: Any = None  # list of R decoded objects, or rows (R, ...) of the model's input
-    info: dict | None = None  # host diagnostics, recorded nowhere but passed to callbacks
+    info: dict | None = None  # host diagnostics: workdir/proposals.jsonl and the "proposal" callback
     ok: Any = None  # (R,) bool for traceable optimisers; None: every row is a candidate
 
 

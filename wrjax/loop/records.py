@@ -28,7 +28,8 @@ import numpy as np
 from wrjax import checkpoint as ckpt
 from wrjax import metrics
 
-__all__ = ["STATUSES", "FAILED", "load_records", "repair_records", "RecordBook", "new_record", "summarize"]
+__all__ = ["STATUSES", "FAILED", "load_records", "repair_records", "RecordBook", "new_record", "summarize",
+           "append_proposal", "load_proposals", "optimizer_summary"]
 
 #: Record statuses. ``ok``: evaluated, added to the data. ``invalid``: the decoding is not a
 #: valid object. ``duplicate``: the object is in the training data or was already queried.
@@ -196,9 +197,68 @@ def query_seconds(records: list[dict]) -> dict:
             "count": len(gaps)}
 
 
+#: ``workdir/proposals.jsonl``: one line per proposal with the optimiser's diagnostics
+#: (``Proposal.info``: for the GP optimisers the bound, fit steps and seconds, whether it
+#: refitted). A diagnostic log beside ``records.jsonl``, not replayed: a resumed run appends
+#: the replayed proposals again, and readers keep the last line of each proposal.
+PROPOSALS_FILE = "proposals.jsonl"
+
+
+def _json_value(v):
+    return v.tolist() if hasattr(v, "tolist") else str(v)
+
+
+def append_proposal(workdir: Path, cycle: int, proposal: int, info: dict) -> dict:
+    """Append one proposal's diagnostics to ``workdir/proposals.jsonl``; returns the entry."""
+    entry = {"cycle": int(cycle), "proposal": int(proposal), **info}
+    line = json.dumps(entry, default=_json_value, allow_nan=True)
+    with open(Path(workdir) / PROPOSALS_FILE, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+    return json.loads(line)
+
+
+def load_proposals(workdir: Path) -> list[dict]:
+    """The proposals' diagnostics in order, the last line of each ``(cycle, proposal)``
+    (damaged lines, e.g. a torn last one, are skipped)."""
+    path = Path(workdir) / PROPOSALS_FILE
+    if not path.exists():
+        return []
+    last: dict[tuple, dict] = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            e = json.loads(line)
+            last[(int(e["cycle"]), int(e["proposal"]))] = e
+        except (ValueError, KeyError, TypeError):
+            continue
+    return [last[k] for k in sorted(last)]
+
+
+def optimizer_summary(entries: list[dict]) -> dict | None:
+    """What the GP's fits cost over a run: refits, their steps and seconds (median, max),
+    from :func:`load_proposals`; None when no entry has ``fit_steps``.
+
+    >>> optimizer_summary([dict(refitted=True, fit_steps=95, fit_seconds=17.0),
+    ...                    dict(refitted=False, fit_steps=0, fit_seconds=0.01),
+    ...                    dict(refitted=True, fit_steps=12, fit_seconds=4.0)])
+    {'proposals': 3, 'refits': 2, 'fit_steps': {'median': 53.5, 'max': 95}, 'fit_seconds': {'median': 10.5, 'max': 17.0}}
+    """
+    fits = [e for e in entries if e.get("fit_steps") is not None]
+    if not fits:
+        return None
+    refits = [e for e in fits if e.get("refitted", True)]
+    out = {"proposals": len(entries), "refits": len(refits)}
+    for name in ("fit_steps", "fit_seconds"):
+        vals = [e[name] for e in refits if e.get(name) is not None]
+        out[name] = ({"median": round(float(np.median(vals)), 4), "max": max(vals)} if vals
+                     else {"median": None, "max": None})  # fmt: skip
+    return out
+
+
 def summarize(task_name: str, config_json: dict, records: list[dict], status: str,
-              cycle_len: int, seconds: float) -> tuple[np.ndarray, dict, dict]:
-    """``(scores, curves, summary)`` of a finished (or stalled) run."""
+              cycle_len: int, seconds: float, proposals: list[dict] | None = None
+              ) -> tuple[np.ndarray, dict, dict]:
+    """``(scores, curves, summary)`` of a finished (or stalled) run (``proposals``: the
+    entries of :func:`load_proposals`, summarised by :func:`optimizer_summary`)."""
     scores = np.array([r["score"] for r in records if r["status"] == "ok"], np.float32)
     curves = metrics.topk_curves(scores)
     counts = {s: sum(r["status"] == s for r in records) for s in STATUSES}
@@ -221,4 +281,7 @@ def summarize(task_name: str, config_json: dict, records: list[dict], status: st
         "seconds": seconds,
         "query_seconds": query_seconds(records),
     }
+    opt = optimizer_summary(proposals or [])
+    if opt is not None:  # only where the optimiser reports fits (as before it existed otherwise)
+        summary["optimizer"] = opt
     return scores, curves, summary

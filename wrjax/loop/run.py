@@ -45,7 +45,8 @@ from wrjax.loop import steps
 from wrjax.loop.config import LSOConfig
 from wrjax.loop.optimizers import Optimizer
 from wrjax._checks import check_objective_value
-from wrjax.loop.records import FAILED, RecordBook, load_records, new_record, repair_records, summarize
+from wrjax.loop.records import (FAILED, RecordBook, append_proposal, load_proposals, load_records,
+                                 new_record, repair_records, summarize)
 from wrjax.loop.state import LSOState, init_state
 from wrjax.task import Task
 from wrjax.typing import PyTree
@@ -149,7 +150,8 @@ def _run_locked(key, task, config, optimizer, workdir, config_json, callbacks, p
         host.close()
         book.close()
     scores, curves, summary = summarize(task.name, config_json, book.records, status,
-                                        config.cycle_len, time.time() - t_run)  # fmt: skip
+                                        config.cycle_len, time.time() - t_run,
+                                        load_proposals(workdir))  # fmt: skip
     ckpt.atomic_write_bytes(workdir / "summary.json", json.dumps(summary, indent=1).encode())
     book.notify("done", summary)
     return RunResult(book.records, scores, curves, state.train.params, status, summary)
@@ -349,6 +351,8 @@ class _Host:
         task, p = self.task, int(state.proposal)
         proposal, opt = self.opt_propose(jax.random.fold_in(state.streams.propose, p), state.opt, ctx)
         state = state._replace(opt=opt, proposal=state.proposal + 1)
+        if proposal.info:
+            book.notify("proposal", append_proposal(self.workdir, int(state.cycle), p, proposal.info))
         zs, objects = _host_candidates(proposal)
         if objects is None and len(zs):
             objects = task.decode(jax.random.fold_in(state.streams.decode, p), ctx.params, zs)
