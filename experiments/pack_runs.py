@@ -1,7 +1,7 @@
 """Pack the resumable state of every run under a folder into one ``.tar.gz``, small enough to
 commit: a long comparison interrupted at a session's end then resumes elsewhere.
 
-Each run directory (one holding ``config.json``) keeps ``config.json``, ``records.jsonl``,
+Each run directory (one holding ``config.json``) keeps ``config.json``, ``records.jsonl``, ``proposals.jsonl``,
 ``summary.json`` and ``pending.json`` where present, and, if it is not finished, only its
 *newest* verified cycle checkpoint (``checkpoints/cycle_NNN.{json,msgpack}``): the run resumes
 from that checkpoint and replays the records after it, so nothing is evaluated twice. A
@@ -23,7 +23,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-KEEP = ("config.json", "records.jsonl", "summary.json", "pending.json")
+KEEP = ("config.json", "records.jsonl", "summary.json", "pending.json", "proposals.jsonl")
 SMALL = 1 << 20
 
 

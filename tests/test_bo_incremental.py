@@ -138,6 +138,12 @@ def test_staleness_rule_triggers_refits():
     opt = bo.make_gp_ei(dataclasses.replace(FIT, refit_max_mean_sq_zscore=0.0), ACQ)
     _, stats, _ = _cycle(opt, 3)
     assert [s["refitted"] for s in stats] == [True, True, True]
+    # each warm query reports the signals its decision read (the cold one has none)
+    assert "staleness" not in stats[0]
+    for s in stats[1:]:
+        sig = s["staleness"]
+        assert sig["num_added"] == 1 and not sig["overflow"] and sig["mean_sq_zscore"] > 0.0
+        assert 0.0 <= sig["max_uncovered"] <= 1.0 and np.isfinite(sig["elbo_per_point_change"])
 
 
 def test_default_schedule_is_every_query():

@@ -297,6 +297,9 @@ class BOInfo(NamedTuple):
     total_seconds: float
     refitted: bool = True  # whether this query fitted the GP (False: incremental update only)
     fit_steps: int = 0  # optimiser iterations of this query's fit (0 when not refitted)
+    staleness: dict | None = None  # incremental schedule: the signals its refit rules read
+    #   (num_added, elbo_per_point_change, max_uncovered, mean_sq_zscore, overflow) before
+    #   this query's decision; None for a cold fit or the other schedules
 
 
 # --------------------------------------------------------------------------------------------
@@ -780,13 +783,16 @@ def _suggest_incremental(key, z, y, mask, *, fit: GPFitConfig, acquisition: Acqu
     t0 = time.perf_counter()
     k_subset, k_init, k_acq = jax.random.split(_as_key(key), 3)
     z, y, mask = jnp.asarray(z, _F64), jnp.asarray(y, _F64), jnp.asarray(mask, bool)
-    refit = cold
+    refit, signals = cold, None
     if not cold:
-        inc, data, absorbed, seen_z, seen_y, _, verdict, _ = _absorb_program(
+        inc, data, absorbed, seen_z, seen_y, stale, verdict, overflow = _absorb_program(
             z, y, mask, _to_device(state.inc), _to_device(state.data), jnp.asarray(state.absorbed),
             jnp.asarray(state.seen_z), jnp.asarray(state.seen_y), config=fit,
         )  # fmt: skip
         refit = bool(verdict)
+        signals = {"num_added": int(stale.num_added), "overflow": bool(overflow),
+                   **{f: round(float(getattr(stale, f)), 6) for f in
+                      ("elbo_per_point_change", "max_uncovered", "mean_sq_zscore")}}  # fmt: skip
     if refit:
         warm = None if cold else BOState(state.params, state.opt_state, state.subset_key)
         out, bstate = _fit(k_subset, k_init, z, y, mask, fit=fit, state=warm, cold=cold,
@@ -814,7 +820,7 @@ def _suggest_incremental(key, z, y, mask, *, fit: GPFitConfig, acquisition: Acqu
         cold=cold, elbo=elbo, loss=loss, jitter=jitter, skipped_steps=skipped,
         num_data=int(inc.num_data), incumbent=float(res.tau), acquisition_values=vals,
         bounds=np.asarray(res.bounds), fit_seconds=t1 - t0, acquisition_seconds=t2 - t1,
-        total_seconds=time.perf_counter() - t0, refitted=refit, fit_steps=steps,
+        total_seconds=time.perf_counter() - t0, refitted=refit, fit_steps=steps, staleness=signals,
     )  # fmt: skip
     return pts.astype(np.float32), new_state, info
 
@@ -857,6 +863,8 @@ def make_gp_ei(fit: GPFitConfig = GPFitConfig(),
             "fit_seconds": info.fit_seconds, "acq_seconds": info.acquisition_seconds,
             "refitted": info.refitted, "fit_steps": info.fit_steps,
         }  # fmt: skip
+        if info.staleness is not None:
+            stats["staleness"] = info.staleness
         return Proposal(cands, None, stats), new_state
 
     fit_json = dataclasses.asdict(fit)
