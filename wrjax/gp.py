@@ -937,7 +937,7 @@ def cold_fit(
        ``max_steps`` iterations.
 
     Measured in ``benchmarks/RESULTS.md`` (``## bo_step``, "cold fit"): at N = 10,000,
-    M = 500 it reaches a higher bound in a fifth of the time of the authors' two-phase
+    M = 500 it reaches a higher bound in a quarter to a fifth of the time of the authors' two-phase
     schedule. Pure and jittable with the keyword arguments static.
 
     Args:
