@@ -36,28 +36,54 @@ def setting_name(k, retrain_every: int | None) -> str:
     return f"k{format_k(k)}_r{'never' if retrain_every is None else retrain_every}"
 
 
-def group_name(preset: str, budget: int, optimizer: str, refit: str | None = None) -> str:
+def group_name(preset: str, budget: int, optimizer: str, refit: str | None = None,
+               gp: dict | None = None) -> str:
     """``smoke-b20-grid``: the directory of the settings that share a preset, budget and
     optimiser (everything else a run depends on, but k and the retrain interval, and the
     seed, comes from the preset). A GP refit schedule other than the preset's
-    (``--gp-refit``) is appended: ``paper-b500-gp-ei-incremental``."""
-    return f"{preset}-b{int(budget)}-{optimizer}" + (f"-{refit}" if refit else "")
+    (``--gp-refit``) is appended: ``paper-b500-gp-ei-incremental``, then the ``--gp``
+    settings but the diagnostic ``audit_every``: ``...-incremental-refit_every=25``."""
+    name = f"{preset}-b{int(budget)}-{optimizer}" + (f"-{refit}" if refit else "")
+    return name + "".join(f"-{k}={v}" for k, v in sorted((gp or {}).items()) if k != "audit_every")
+
+
+def parse_gp_setting(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` of ``--gp``: a :class:`wrjax.bo.GPFitConfig` field and a Python
+    literal (``none`` = None); ``ValueError`` naming the fields otherwise."""
+    import ast
+
+    from wrjax.bo import GPFitConfig
+
+    name, sep, value = text.partition("=")
+    fields = [f.name for f in dataclasses.fields(GPFitConfig)]
+    if not sep or name not in fields:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE with NAME one of {', '.join(fields)}; got {text!r}")
+    if value.lower() == "none":
+        return name, None
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name, value
 
 
 def resolve_config(task_name: str, preset: str, overrides: dict) -> RunConfig:
     """The preset's :class:`RunConfig` with the command line's ``overrides`` applied:
     ``optimizer`` replaces the optimiser, ``refit`` the GP refit schedule of its
-    :class:`wrjax.bo.BOConfig` (one of :data:`wrjax.bo.REFIT_SCHEDULES`), the others (``k``,
+    :class:`wrjax.bo.BOConfig` (one of :data:`wrjax.bo.REFIT_SCHEDULES`), ``gp`` (a dict)
+    other fields of it (``--gp NAME=VALUE``), the others (``k``,
     ``retrain_every``, ``budget``, ...) are :class:`wrjax.LSOConfig` fields of
     ``config.loop``."""
     config = registry.get_config(task_name, preset)
     loop = dict(overrides)
     optimizer = loop.pop("optimizer", None)
     refit = loop.pop("refit", None)
+    gp_settings = dict(loop.pop("gp", None) or {})
     if refit is not None:
+        gp_settings["refit"] = refit
+    if gp_settings:
         from wrjax.bo import BOConfig
 
-        config = dataclasses.replace(config, bo=dataclasses.replace(config.bo or BOConfig(), refit=refit))
+        config = dataclasses.replace(config, bo=dataclasses.replace(config.bo or BOConfig(), **gp_settings))
     if unknown := sorted(set(loop) - _LSO_FIELDS):
         raise ValueError(f"not LSOConfig fields: {unknown}")
     config = config.with_loop(**loop)
@@ -68,7 +94,7 @@ def setting_dir(workdir: Path, task_name: str, preset: str, overrides: dict) -> 
     """``WORKDIR/TASK/GROUP/SETTING``: where the seeds of one setting go."""
     c = resolve_config(task_name, preset, overrides)
     group = group_name(preset, c.loop.get("budget", LSOConfig.budget), c.optimizer,
-                       overrides.get("refit"))
+                       overrides.get("refit"), overrides.get("gp"))
     return Path(workdir) / task_name / group / setting_name(c.loop.get("k", 1e-3),
                                                              c.loop.get("retrain_every"))
 
@@ -203,6 +229,10 @@ def main(argv=None):
                     "every query (the authors'), the same refit run to convergence, or rank-one "
                     "conditioning with refits on a schedule (wrjax.bo.GPFitConfig.refit); default: "
                     "the preset's")
+    ap.add_argument("--gp", type=parse_gp_setting, action="append", metavar="NAME=VALUE",
+                    help="set a wrjax.bo.GPFitConfig field of the preset's GP (repeatable), e.g. "
+                    "--gp refit_every=25 --gp refit_max_steps=30; audit_every=N logs, every N-th "
+                    "query, what the skipped refit would have proposed (proposals.jsonl)")
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--workdir", type=Path, default=Path("runs"))
     ap.add_argument("--no-progress", action="store_true")
@@ -221,6 +251,8 @@ def main(argv=None):
         overrides["optimizer"] = args.optimizer
     if args.gp_refit is not None:
         overrides["refit"] = args.gp_refit
+    if args.gp:
+        overrides["gp"] = dict(args.gp)
     seeds = args.seeds if args.seeds is not None else preset.seeds
     try:
         summaries = run_setting(args.task, args.preset, overrides, seeds, args.workdir,

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from wrjax import acquisition as acq
 from wrjax import bo, gp
 from wrjax import loop as lso
 from wrjax.loop import LSOConfig, ProposeContext
@@ -234,3 +235,45 @@ def test_the_incremental_schedule_is_gp_eis_only():
             make()
     conv = bo.GPFitConfig(refit="every-query-converged")
     assert latent_bo.make_thompson(conv).config["fit"]["refit"] == "every-query-converged"
+
+
+def test_audit_judges_the_schedules_proposal_on_the_skipped_refit_and_changes_nothing(never):
+    """``audit_every``: each audited query reports the warm converged refit it skipped
+    (reference: that refit made by hand with fit_sparse_gp from the same state and the
+    schedule's proposal scored by log_ei_at on it) and the trajectory is the same without it
+    (``never``'s first 3 queries: its extra rows come after query 3)."""
+    fit = dataclasses.replace(FIT, incremental_window=1, audit_every=1)
+    audited = _cycle(bo.make_gp_ei(fit, ACQ), 3)
+    assert "audit_every" not in bo.make_gp_ei(fit).config["fit"]
+    for (s0, a0), (s1, a1) in zip(zip(never[0][:3], never[1][:3]), zip(audited[0], audited[1])):
+        jax.tree.map(np.testing.assert_array_equal, s0, s1)  # the same states, query by query
+        assert {k: v for k, v in a0.items() if "seconds" not in k} == \
+            {k: v for k, v in a1.items() if "seconds" not in k and k != "audit"}
+    stats, states = audited[1], audited[0]
+    assert "audit" not in stats[0]  # a cold fit is not audited: it is a refit
+    z_all, y_all, _ = audited[2]
+    conv = dataclasses.replace(fit, refit="every-query-converged", n_include=CAP, audit_every=0)
+    rows = np.arange(C)
+    for i in (1, 2):  # query i saw the initial rows and queries 0..i-1's proposals
+        mask = rows < N0 + i
+        in_cycle = mask & (rows >= N0)
+        z, y = np.where(mask[:, None], z_all, 0.0), np.where(mask, y_all, 0.0)
+        prev = states[i - 1]
+        ref = bo.fit_sparse_gp(jax.random.key(10 + i), z, y, mask, fit=conv, include=in_cycle,
+                               state=bo.BOState(prev.params, prev.opt_state, prev.subset_key))  # fmt: skip
+        audit = stats[i]["audit"]
+        inc = states[i].inc  # the stale posterior: its bound in original units, per point
+        stale = stats[i]["elbo"] / int(inc.num_data) - np.log(float(inc.pred.y_std))
+        fresh = ref.elbo / ref.num_data - np.log(float(ref.predictor.y_std))
+        np.testing.assert_allclose(audit["elbo_gain_per_point"], fresh - stale, atol=2e-6)
+
+        @float64_scope
+        def scored(pred=ref.predictor, data=ref.data, x=z_all[N0 + i]):
+            tau = acq.incumbent(data.y * pred.y_std + pred.y_mean, data.mask, method="quantile",
+                                quantile=ACQ.incumbent_quantile)  # fmt: skip
+            return float(bo.log_ei_at(pred, tau, jnp.asarray(x, jnp.float64)))
+
+        np.testing.assert_allclose(audit["ei_ratio"], np.exp(scored() - audit["refit_value"]), rtol=1e-4)
+        assert audit["stale_value"] == pytest.approx(stats[i]["acq_best"], abs=1e-6)
+        assert 0 < audit["refit_steps"] <= FIT.refit_max_steps and audit["distance"] >= 0
+

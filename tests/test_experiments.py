@@ -203,3 +203,27 @@ def test_gp_refit_override_reaches_the_optimizer_config_and_the_run_directory(tm
     d0 = setting_dir(tmp_path, "expressions", "smoke", {})
     d1 = setting_dir(tmp_path, "expressions", "smoke", {"refit": "incremental"})
     assert d0 != d1 and d1.parent.name.endswith("-incremental") and d0.name == d1.name
+
+
+def test_gp_settings_override_the_presets_gp_and_name_the_directory(tmp_path):
+    import argparse
+
+    from experiments.run import parse_gp_setting, resolve_config, setting_dir
+
+    assert parse_gp_setting("refit_every=25") == ("refit_every", 25)
+    assert parse_gp_setting("refit_tol=1e-4") == ("refit_tol", 1e-4)
+    assert parse_gp_setting("refit_max_uncovered=none") == ("refit_max_uncovered", None)
+    assert parse_gp_setting("cold_fit=authors") == ("cold_fit", "authors")
+    for bad in ("refit_every", "not_a_field=3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="NAME=VALUE"):
+            parse_gp_setting(bad)
+    gp = {"refit_every": 25, "audit_every": 10}
+    c = resolve_config("expressions", "smoke", {"refit": "incremental", "gp": gp})
+    base = resolve_config("expressions", "smoke", {})
+    assert dataclasses.replace(c.bo, refit="every-query", refit_every=base.bo.refit_every, audit_every=0) == base.bo
+    assert (c.bo.refit, c.bo.refit_every, c.bo.audit_every) == ("incremental", 25, 10)
+    d = setting_dir(tmp_path, "expressions", "smoke", {"refit": "incremental", "gp": gp})
+    # the diagnostic audit_every does not change the results, so not the directory either
+    assert d.parent.name == "smoke-b10-gp-ei-incremental-refit_every=25"
+    with pytest.raises(ValueError, match="refit_every"):
+        resolve_config("expressions", "smoke", {"gp": {"refit_every": -1}})

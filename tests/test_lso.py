@@ -261,3 +261,21 @@ def test_load_proposals_keeps_the_last_line_of_each_and_skips_damage(tmp_path):
     got = load_proposals(tmp_path)
     assert [(e["proposal"], e["fit_steps"]) for e in got] == [(0, 5), (1, 3)]
     assert got[0]["elbo"] == 1.5 and load_proposals(tmp_path / "missing") == []
+
+
+def test_optimizer_summary_aggregates_the_audits_by_numpy():
+    from wrjax.loop.records import optimizer_summary
+
+    rng = np.random.default_rng(0)
+    ratios, dists = rng.uniform(0, 1.2, 23), rng.uniform(0, 0.5, 23)
+    entries = [dict(refitted=False, fit_steps=0, fit_seconds=0.1,
+                    **({"audit": dict(ei_ratio=r, distance=d, seconds=0.5)} if i % 2 else {}))
+               for i, (r, d) in enumerate(zip(ratios, dists))]  # fmt: skip
+    got = optimizer_summary(entries)["audit"]
+    odd = slice(1, None, 2)
+    assert got["count"] == 11 and got["seconds"] == 5.5
+    assert got["ei_ratio_median"] == round(float(np.median(ratios[odd])), 4)
+    assert got["ei_ratio_p10"] == round(float(np.percentile(ratios[odd], 10)), 4)
+    assert got["share_ei_ratio_above_0.9"] == round(float(np.mean(ratios[odd] >= 0.9)), 4)
+    assert got["distance_median"] == round(float(np.median(dists[odd])), 4)
+    assert "audit" not in optimizer_summary([dict(refitted=True, fit_steps=3, fit_seconds=1.0)])

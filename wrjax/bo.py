@@ -133,6 +133,12 @@ class GPFitConfig:
         more new rows than this, or than ``n_include``, force a refit instead).
       refit_max_steps, refit_tol: incremental and every-query-converged: the converged
         refit's cap and tolerance.
+      audit_every: incremental, a diagnostic (0 = off): at the queries whose remaining
+        evaluations in the cycle are a multiple of this, and that the schedule did not
+        refit, also run the refit the schedule skipped and maximise EI on it, and report how
+        the schedule's proposal fares on that posterior (``BOInfo.audit``). It costs one
+        converged refit per audit and changes nothing else (the trajectory is the same with
+        and without it), so it is left out of a run's config.json.
     """
 
     num_inducing: int = 500
@@ -160,13 +166,14 @@ class GPFitConfig:
     incremental_window: int = 8
     refit_max_steps: int = 100
     refit_tol: float = 1e-5
+    audit_every: int = 0
 
     def __post_init__(self):
         owner = type(self).__name__
         _check_counts(owner, self, positive=("num_inducing", "incremental_window", "refit_max_steps"),
                       nonneg=("n_best", "n_random", "n_include", "kmeans_iters", "cold_kernel_steps",
                               "cold_steps", "warm_steps", "refit_every", "cold_warmup_steps",
-                              "cold_kernel_max_steps", "cold_max_steps"))  # fmt: skip
+                              "cold_kernel_max_steps", "cold_max_steps", "audit_every"))  # fmt: skip
         check_choice(f"{owner}.refit", self.refit, REFIT_SCHEDULES)
         check_choice(f"{owner}.cold_fit", self.cold_fit, COLD_FITS)
         if self.cold_subset <= 0:
@@ -300,6 +307,8 @@ class BOInfo(NamedTuple):
     staleness: dict | None = None  # incremental schedule: the signals its refit rules read
     #   (num_added, elbo_per_point_change, max_uncovered, mean_sq_zscore, overflow) before
     #   this query's decision; None for a cold fit or the other schedules
+    audit: dict | None = None  # incremental with audit_every: the skipped refit's verdict on
+    #   this query (:func:`_audit_skipped_refit`); None where no audit ran
 
 
 # --------------------------------------------------------------------------------------------
@@ -775,9 +784,53 @@ def _to_device(tree):
     return jax.tree.map(jnp.asarray, tree)
 
 
+def _bound_per_point(elbo: float, num_data: int, y_std) -> float:
+    """A collapsed bound on standardised targets, per point, in the original units (the
+    Jacobian of ``y -> (y - mean) / std`` is ``-log std`` per point)."""
+    return elbo / max(num_data, 1) - float(np.log(np.asarray(y_std)))
+
+
+@jax.jit
+def _acq_value_at(acq_fn, x):
+    return acq_fn(x)
+
+
+def _audit_skipped_refit(keys, z, y, mask, *, fit: GPFitConfig, acquisition: AcquisitionConfig,
+                         state: BOState, include, proposal, values, elbo: float, num_data: int,
+                         y_std, bounds) -> dict:
+    """What the refit that the incremental schedule skipped would have proposed: the warm
+    converged refit a refitting query runs (same state, data and keys), EI maximised on it
+    from the same starts, and the schedule's proposal judged on that posterior. Returns
+    (host floats): ``ei_ratio`` = EI(schedule's proposal) / EI(refit's proposal), both
+    under the refitted posterior (log-EI: the exp of the difference; 1 = the same decision
+    value, > 1 when the refit's own ascent found less); ``distance``: between the two
+    proposals, over the box diagonal; ``elbo_gain_per_point``: the refit's bound per point
+    minus the stale posterior's, both in the original units of ``y`` (each standardises with
+    its own scale, so the bounds in standardised units do not compare); ``stale_value``: the schedule's own (log-)EI at its
+    proposal; ``seconds``."""
+    t0 = time.perf_counter()
+    k_subset, k_init, k_acq = keys
+    out, _ = _fit(k_subset, k_init, z, y, mask, fit=fit, state=state, cold=False,
+                  include=include, converged=True)  # fmt: skip
+    res = _acq_program(k_acq, out.pred, out.data, config=acquisition)
+    pts, vals = _ranked_candidates(res, acquisition)
+    at = float(_acq_value_at(_acq_partial(acquisition, out.pred, res.tau), jnp.asarray(proposal, _F64)))
+    best = float(vals[0])
+    ratio = float(np.exp(at - best)) if acquisition.acquisition == "log-ei" else at / best if best > 0 else float("nan")
+    width = np.asarray(bounds[1] - bounds[0], np.float64)
+    dist = float(np.linalg.norm(np.asarray(proposal, np.float64) - np.asarray(pts[0], np.float64))
+                 / max(float(np.linalg.norm(width)), 1e-300))  # fmt: skip
+    return {"ei_ratio": round(ratio, 6), "distance": round(dist, 6),
+            "elbo_gain_per_point": round(_bound_per_point(float(out.info.elbo), int(out.num_data), out.pred.y_std)
+                                         - _bound_per_point(elbo, num_data, y_std), 6),
+            "stale_value": round(float(values[0]), 6), "refit_value": round(best, 6),
+            "refit_steps": int(out.info.num_steps) if out.info.num_steps is not None else len(out.info.loss),
+            "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+
+
 @float64_scope
 def _suggest_incremental(key, z, y, mask, *, fit: GPFitConfig, acquisition: AcquisitionConfig,
-                         state: IncrementalBOState | None, cold: bool, include):
+                         state: IncrementalBOState | None, cold: bool, include, audit: bool = False):
     """One query of the incremental schedule: absorb the new rows, refit if the schedule says
     so (cold at a cycle start), maximise the acquisition on the updated posterior."""
     t0 = time.perf_counter()
@@ -813,6 +866,14 @@ def _suggest_incremental(key, z, y, mask, *, fit: GPFitConfig, acquisition: Acqu
     jax.block_until_ready(res)
     t2 = time.perf_counter()
     pts, vals = _ranked_candidates(res, acquisition)
+    t3 = time.perf_counter()  # the query's time; an audit's is its own
+    verdict = None
+    if audit and not refit and len(pts):
+        verdict = _audit_skipped_refit(
+            (k_subset, k_init, k_acq), z, y, mask, fit=fit, acquisition=acquisition,
+            state=bstate, include=include, proposal=pts[0], values=vals, elbo=elbo,
+            num_data=int(inc.num_data), y_std=inc.pred.y_std, bounds=np.asarray(res.bounds),
+        )  # fmt: skip
     new_state = IncrementalBOState(bstate.params, bstate.opt_state, bstate.subset_key,
                                    _np_tree(inc), _np_tree(data), np.asarray(absorbed),
                                    np.asarray(seen_z), np.asarray(seen_y))  # fmt: skip
@@ -820,7 +881,7 @@ def _suggest_incremental(key, z, y, mask, *, fit: GPFitConfig, acquisition: Acqu
         cold=cold, elbo=elbo, loss=loss, jitter=jitter, skipped_steps=skipped,
         num_data=int(inc.num_data), incumbent=float(res.tau), acquisition_values=vals,
         bounds=np.asarray(res.bounds), fit_seconds=t1 - t0, acquisition_seconds=t2 - t1,
-        total_seconds=time.perf_counter() - t0, refitted=refit, fit_steps=steps, staleness=signals,
+        total_seconds=t3 - t0, refitted=refit, fit_steps=steps, staleness=signals, audit=verdict,
     )  # fmt: skip
     return pts.astype(np.float32), new_state, info
 
@@ -842,20 +903,26 @@ def make_gp_ei(fit: GPFitConfig = GPFitConfig(),
     >>> opt.name, opt.config["fit"]["num_inducing"]
     ('gp-ei', 100)
     """
+    # audit_every=0 inside: the audit is decided here, and the compiled programs (static
+    # config) are the same with and without it
     fit_for = functools.lru_cache(maxsize=8)(
-        lambda capacity: dataclasses.replace(fit, n_include=max(fit.n_include, capacity))
+        lambda capacity: dataclasses.replace(fit, n_include=max(fit.n_include, capacity), audit_every=0)
     )
 
     def init(ctx):
         return None  # no state: the first query of a cycle fits cold
 
-    suggest = _suggest_incremental if fit.refit == "incremental" else _suggest
+    incremental = fit.refit == "incremental"
+    suggest = _suggest_incremental if incremental else _suggest
 
     def propose(key, state, ctx):
+        extra = {}
+        if incremental and fit.audit_every:
+            extra["audit"] = int(ctx.remaining) % fit.audit_every == 0
         cands, new_state, info = suggest(
             key, ctx.z, ctx.y, ctx.mask, fit=fit_for(ctx.include_capacity),
             acquisition=acquisition, state=state, cold=state is None or bool(ctx.cycle_start),
-            include=ctx.in_cycle,
+            include=ctx.in_cycle, **extra,
         )  # fmt: skip
         stats = {
             "elbo": info.elbo, "jitter": info.jitter,
@@ -865,9 +932,12 @@ def make_gp_ei(fit: GPFitConfig = GPFitConfig(),
         }  # fmt: skip
         if info.staleness is not None:
             stats["staleness"] = info.staleness
+        if info.audit is not None:
+            stats["audit"] = info.audit
         return Proposal(cands, None, stats), new_state
 
     fit_json = dataclasses.asdict(fit)
+    del fit_json["audit_every"]  # a diagnostic: the run's results do not depend on it
     # the cold fit's unused fields stay out; an "authors" run's config.json is as it was
     unused = _SUBSET_GREEDY_NAMES if fit.cold_fit == "authors" else _AUTHORS_COLD_NAMES
     fit_json = {k: v for k, v in fit_json.items() if k not in unused}

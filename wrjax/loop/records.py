@@ -251,6 +251,17 @@ def optimizer_summary(entries: list[dict]) -> dict | None:
         vals = [e[name] for e in refits if e.get(name) is not None]
         out[name] = ({"median": round(float(np.median(vals)), 4), "max": max(vals)} if vals
                      else {"median": None, "max": None})  # fmt: skip
+    audits = [e["audit"] for e in entries if e.get("audit")]
+    if audits:  # GPFitConfig(audit_every=...): how often skipping the refit changed the pick
+        ratio = np.array([a["ei_ratio"] for a in audits], float)
+        out["audit"] = {
+            "count": len(audits),
+            "ei_ratio_median": round(float(np.nanmedian(ratio)), 4),
+            "ei_ratio_p10": round(float(np.nanpercentile(ratio, 10)), 4),
+            "share_ei_ratio_above_0.9": round(float(np.mean(ratio >= 0.9)), 4),
+            "distance_median": round(float(np.median([a["distance"] for a in audits])), 4),
+            "seconds": round(float(sum(a["seconds"] for a in audits)), 1),
+        }
     return out
 
 
