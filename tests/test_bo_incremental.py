@@ -276,4 +276,5 @@ def test_audit_judges_the_schedules_proposal_on_the_skipped_refit_and_changes_no
         np.testing.assert_allclose(audit["ei_ratio"], np.exp(scored() - audit["refit_value"]), rtol=1e-4)
         assert audit["stale_value"] == pytest.approx(stats[i]["acq_best"], abs=1e-6)
         assert 0 < audit["refit_steps"] <= FIT.refit_max_steps and audit["distance"] >= 0
+        assert 0 < audit["ei_ratio_other_starts"] < np.inf
 

@@ -803,7 +803,9 @@ def _audit_skipped_refit(keys, z, y, mask, *, fit: GPFitConfig, acquisition: Acq
     from the same starts, and the schedule's proposal judged on that posterior. Returns
     (host floats): ``ei_ratio`` = EI(schedule's proposal) / EI(refit's proposal), both
     under the refitted posterior (log-EI: the exp of the difference; 1 = the same decision
-    value, > 1 when the refit's own ascent found less); ``distance``: between the two
+    value, > 1 when the refit's own ascent found less); ``ei_ratio_other_starts``: the same
+    ratio for the refit's own maximiser run from other random starts (the baseline: how much
+    the multi-start ascent alone moves the pick); ``distance``: between the two
     proposals, over the box diagonal; ``elbo_gain_per_point``: the refit's bound per point
     minus the stale posterior's, both in the original units of ``y`` (each standardises with
     its own scale, so the bounds in standardised units do not compare); ``stale_value``: the schedule's own (log-)EI at its
@@ -814,13 +816,24 @@ def _audit_skipped_refit(keys, z, y, mask, *, fit: GPFitConfig, acquisition: Acq
                   include=include, converged=True)  # fmt: skip
     res = _acq_program(k_acq, out.pred, out.data, config=acquisition)
     pts, vals = _ranked_candidates(res, acquisition)
-    at = float(_acq_value_at(_acq_partial(acquisition, out.pred, res.tau), jnp.asarray(proposal, _F64)))
+    acq_fn = _acq_partial(acquisition, out.pred, res.tau)
+    at = float(_acq_value_at(acq_fn, jnp.asarray(proposal, _F64)))
     best = float(vals[0])
-    ratio = float(np.exp(at - best)) if acquisition.acquisition == "log-ei" else at / best if best > 0 else float("nan")
+    # the maximiser's own spread, the baseline of the ratio: the same posterior, other starts
+    other = _acq_program(jax.random.fold_in(k_acq, 1), out.pred, out.data, config=acquisition)
+    at_other = float(_ranked_candidates(other, acquisition)[1][0])
+
+    def ratio_of(v):
+        if acquisition.acquisition == "log-ei":
+            return float(np.exp(v - best))
+        return v / best if best > 0 else float("nan")
+
+    ratio = ratio_of(at)
     width = np.asarray(bounds[1] - bounds[0], np.float64)
     dist = float(np.linalg.norm(np.asarray(proposal, np.float64) - np.asarray(pts[0], np.float64))
                  / max(float(np.linalg.norm(width)), 1e-300))  # fmt: skip
-    return {"ei_ratio": round(ratio, 6), "distance": round(dist, 6),
+    return {"ei_ratio": round(ratio, 6), "ei_ratio_other_starts": round(ratio_of(at_other), 6),
+            "distance": round(dist, 6),
             "elbo_gain_per_point": round(_bound_per_point(float(out.info.elbo), int(out.num_data), out.pred.y_std)
                                          - _bound_per_point(elbo, num_data, y_std), 6),
             "stale_value": round(float(values[0]), 6), "refit_value": round(best, 6),

@@ -233,6 +233,14 @@ def load_proposals(workdir: Path) -> list[dict]:
     return [last[k] for k in sorted(last)]
 
 
+def _other_starts(audits: list[dict]) -> dict:
+    other = np.array([a["ei_ratio_other_starts"] for a in audits if "ei_ratio_other_starts" in a], float)
+    if not len(other):
+        return {}
+    return {"other_starts_ei_ratio_median": round(float(np.nanmedian(other)), 4),
+            "other_starts_share_above_0.9": round(float(np.mean(other >= 0.9)), 4)}
+
+
 def optimizer_summary(entries: list[dict]) -> dict | None:
     """What the GP's fits cost over a run: refits, their steps and seconds (median, max),
     from :func:`load_proposals`; None when no entry has ``fit_steps``.
@@ -259,6 +267,7 @@ def optimizer_summary(entries: list[dict]) -> dict | None:
             "ei_ratio_median": round(float(np.nanmedian(ratio)), 4),
             "ei_ratio_p10": round(float(np.nanpercentile(ratio, 10)), 4),
             "share_ei_ratio_above_0.9": round(float(np.mean(ratio >= 0.9)), 4),
+            **_other_starts(audits),
             "distance_median": round(float(np.median([a["distance"] for a in audits])), 4),
             "seconds": round(float(sum(a["seconds"] for a in audits)), 1),
         }
