@@ -269,6 +269,11 @@ def main(argv=None):
         if q.get("median") is not None:
             print(f"seed {s['seed']}: {q['median']:.3g} s per query (median of {q['count']}; "
                   f"90th percentile {q['p90']:.3g} s)")
+        audit = (s.get("optimizer") or {}).get("audit")
+        if audit:
+            print(f"seed {s['seed']}: {audit['count']} audits: the skipped refit valued the picks at "
+                  f"{audit['ei_ratio_median']:.2%} of its best EI (median; 10th percentile "
+                  f"{audit['ei_ratio_p10']:.2%})")
     if not args.no_plot:
         from experiments.plot import plot_settings
 
