@@ -237,6 +237,15 @@ def test_the_incremental_schedule_is_gp_eis_only():
     assert latent_bo.make_thompson(conv).config["fit"]["refit"] == "every-query-converged"
 
 
+@pytest.mark.parametrize("refit", ["every-query", "every-query-converged"])
+def test_audit_without_the_incremental_schedule_is_refused(refit):
+    # only "incremental" skips refits; an audit elsewhere would silently log nothing
+    with pytest.raises(ValueError, match="audit_every"):
+        bo.GPFitConfig(refit=refit, audit_every=5)
+    assert bo.GPFitConfig(refit=refit, audit_every=0).audit_every == 0
+    assert bo.GPFitConfig(refit="incremental", audit_every=5).audit_every == 5
+
+
 def test_audit_judges_the_schedules_proposal_on_the_skipped_refit_and_changes_nothing(never):
     """``audit_every``: each audited query reports the warm converged refit it skipped
     (reference: that refit made by hand with fit_sparse_gp from the same state and the

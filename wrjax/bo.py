@@ -176,6 +176,11 @@ class GPFitConfig:
                               "cold_kernel_max_steps", "cold_max_steps", "audit_every"))  # fmt: skip
         check_choice(f"{owner}.refit", self.refit, REFIT_SCHEDULES)
         check_choice(f"{owner}.cold_fit", self.cold_fit, COLD_FITS)
+        if self.audit_every and self.refit != "incremental":
+            # only the incremental schedule skips refits, so there is nothing to audit: say so
+            # rather than log nothing
+            raise ValueError(f"{owner}.audit_every audits the refits that refit='incremental' skips; "
+                             f"it must be 0 with refit={self.refit!r}, got {self.audit_every}")
         if self.cold_subset <= 0:
             raise ValueError(f"{owner}.cold_subset must be > 0, got {self.cold_subset}")
         if not self.refit_tol >= 0:
