@@ -148,7 +148,7 @@ def zinc_terms(
     )
     terms = np.asarray(terms, np.float32).reshape(len(smiles), 3)
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = npy.with_name(npy.name + ".tmp.npy")
+    tmp = npy.with_name(f"{npy.name}.{os.getpid()}.tmp.npy")  # per process (parallel test workers)
     np.save(tmp, terms, allow_pickle=False)
     os.replace(tmp, npy)
     record = {
@@ -219,7 +219,7 @@ def _cached_zinc_strings(
         out = parallel_map(fn, smiles, processes=processes, progress=progress, desc=tag)
         lines = ["" if s is None else s for s in out]
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         with gzip.open(tmp, "wt") as f:
             f.write("\n".join(lines))
         os.replace(tmp, path)

@@ -136,7 +136,7 @@ def parsed_rules(
         rules[i, : len(seq)] = seq
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")  # per process (parallel test workers)
         np.savez_compressed(tmp, rules=rules, sha256=np.asarray(sha))
         os.replace(tmp, path)
     except OSError:
