@@ -785,7 +785,8 @@ def bench_cold(args, d):
          "L-BFGS (all)", functools.partial(gp.cold_fit, num_inducing=args.m, subset_size=f.cold_subset,
                                            warmup_steps=f.cold_warmup_steps,
                                            kernel_max_steps=f.cold_kernel_max_steps,
-                                           max_steps=f.cold_max_steps, tol=f.refit_tol)),
+                                           max_steps=f.cold_max_steps,
+                                           tol=f.refit_tol if f.cold_tol is None else f.cold_tol)),
     ]  # fmt: skip
     rows = []
     for name, fn in variants:

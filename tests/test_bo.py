@@ -276,6 +276,32 @@ def test_cold_fit_choice_is_validated_and_recorded_only_where_used():
     assert authors["cold_kernel_steps"] == 100 and authors["cold_steps"] == 100
 
 
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("cold_tol, want", [(None, 3.25e-3), (7.5e-7, 7.5e-7)])
+def test_cold_tol_is_the_cold_fits_tolerance_and_refit_tol_without_it(runs, monkeypatch, cold_tol, want):
+    """``cold_tol`` reaches the subset-greedy cold fit; unset, the cold fit uses ``refit_tol``
+    (as before the field existed), and config.json leaves it out then."""
+    seen = {}
+
+    def cold_fit(*args, **kwargs):  # traced once: record the tolerance, stop before compiling
+        seen.update(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(bo.gp, "cold_fit", cold_fit)
+    cfg = dataclasses.replace(CFG, cold_fit="subset-greedy", refit_tol=3.25e-3, cold_tol=cold_tol)
+    with pytest.raises(_Stop):
+        bo.bo_suggest(runs["keys"][0], runs["z"], runs["y"], runs["mask"], config=cfg)
+    assert seen["tol"] == want
+    fit_json = bo.make_gp_ei(cfg).config["fit"]
+    assert fit_json.get("cold_tol") == cold_tol and ("cold_tol" in fit_json) == (cold_tol is not None)
+    assert "cold_tol" not in bo.make_gp_ei(dataclasses.replace(cfg, cold_fit="authors")).config["fit"]
+    with pytest.raises(ValueError, match="cold_tol"):
+        dataclasses.replace(cfg, cold_tol=-1.0)
+
+
 def test_subset_greedy_cold_fit_in_a_query(runs):
     """The default cold fit through bo_suggest: its steps within the phases' caps, a bound
     equal to the float64 bound of the returned state on the query's data, and a warm refit
