@@ -5,9 +5,43 @@ wrjax's scoped switch (``wrjax.precision.float64_scope``), never from a global f
 function that forgot its scope fails here instead of passing by accident.
 """
 
-import jax
+import os
+import shutil
+import tempfile
+
 import numpy as np
 import pytest
+
+# One compilation cache per test session, shared by the session's processes. The suite
+# compiles the same programs many times: each module starts with empty in-memory caches
+# (``_release_compiled_programs`` below), pytest-xdist's workers compile the same models
+# side by side, and the CLI, sweep and wheel tests start new Python processes. JAX's
+# persistent cache turns those repeats into file reads. The folder is fresh for every
+# session (made by the controller, or by a plain run, and inherited by xdist workers and
+# subprocesses through the environment), so no result depends on an earlier run, and it
+# is removed at the end. A size limit switches on JAX's file lock, which makes the writes
+# of two workers safe.
+_CACHE_ENV = "WRJAX_TEST_COMPILATION_CACHE"
+_OWN_CACHE = _CACHE_ENV not in os.environ
+if _OWN_CACHE:
+    os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="wrjax-test-jax-cache-")
+os.environ.update(
+    JAX_COMPILATION_CACHE_DIR=os.environ[_CACHE_ENV],
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.1",
+    JAX_COMPILATION_CACHE_MAX_SIZE=str(8 << 30),
+)
+
+import jax  # noqa: E402  (after the environment above: jax reads it at import)
+
+jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+jax.config.update("jax_compilation_cache_max_size", 8 << 30)
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE and not hasattr(config, "workerinput"):  # the process that made it
+        shutil.rmtree(os.environ[_CACHE_ENV], ignore_errors=True)
+
 
 # Silent rank promotion hides shape bugs (optax and diffrax raise on it in their tests too).
 jax.config.update("jax_numpy_rank_promotion", "raise")
