@@ -173,7 +173,7 @@ def check_weights(weights, n_rows: int, mask=None, *, name: str = "weights") -> 
         raise ValueError(f"{name} must be >= 0, got {float(wv.min())} at a valid row")
     if not (wv > 0).any():
         raise ValueError(f"{name} are all zero on valid rows: nothing to train on")
-    if float(wv.max()) < np.finfo(np.float32).tiny:
+    if float(wv.max()) < float(np.finfo(np.float32).tiny):  # compared as Python floats: no float32 cast
         # training runs in float32 and XLA:CPU flushes subnormals: they would all be 0 there
         raise ValueError(f"{name} are all below float32's smallest normal number (largest "
                          f"{float(wv.max()):.3g}); rescale them (any scale works)")
