@@ -317,3 +317,25 @@ def test_subset_greedy_cold_fit_in_a_query(runs):
     _, _, warm = bo.bo_suggest(keys[1], z, y, mask, config=cfg, state=state)
     np.testing.assert_allclose(warm.loss[0], -info.elbo, rtol=1e-9)
     assert warm.elbo >= info.elbo - 1e-6
+
+
+def test_carry_lbfgs_continues_the_previous_fits_memory(runs):
+    """``carry_lbfgs``: a warm query's L-BFGS state continues the cold fit's (its step count
+    goes on from it) where the default starts afresh; recorded in config.json only when on;
+    refused with Adam."""
+    cfg = dataclasses.replace(CFG, carry_lbfgs=True)
+    args = (runs["keys"][1], runs["z"], runs["y"], runs["mask"])
+    cold_state = runs["cold"][1]
+    cold_count = int(cold_state.opt_state[0].count)
+    assert cold_count == CFG.cold_steps  # the "authors" cold fit's L-BFGS phase
+    _, carried, info = bo.bo_suggest(*args, config=cfg, state=cold_state)
+    _, fresh, _ = bo.bo_suggest(*args, config=CFG, state=cold_state)
+    assert int(carried.opt_state[0].count) == cold_count + CFG.warm_steps
+    assert int(fresh.opt_state[0].count) == CFG.warm_steps
+    assert info.skipped_steps == 0 and np.isfinite(info.elbo)
+    # the carried refit on the same data continues the cold fit: it never ends below it
+    assert info.elbo >= runs["cold"][2].elbo - 1e-6 * abs(runs["cold"][2].elbo)
+    assert bo.make_gp_ei(cfg.split()[0]).config["fit"]["carry_lbfgs"] is True
+    assert "carry_lbfgs" not in bo.make_gp_ei(CFG.split()[0]).config["fit"]
+    with pytest.raises(ValueError, match="carry_lbfgs"):
+        bo.GPFitConfig(fit_method="adam", carry_lbfgs=True)

@@ -689,3 +689,99 @@ def test_cold_fit_reports_its_trace_and_a_bound_below_the_evidence(key, rng):
     assert elbo > start  # better than the authors' starting point it began from
     # the inducing points are optimised from valid rows: none sits on the padding's zeros
     assert int(info.skipped) == 0 and np.isfinite(np.asarray(params.inducing)).all()
+
+
+_LBFGS = gp.make_optimizer(method="lbfgs")  # one object: the carry tests share compilations
+_FIT = jax.jit(gp.fit, static_argnames=("optimizer", "num_steps"))
+_CARRY = jax.jit(gp.carry_lbfgs_state)
+
+
+def _lbfgs_fits(data, params, *, steps):
+    return _LBFGS, lambda p, s, d=data, k=steps: _FIT(p, s, d, optimizer=_LBFGS, num_steps=k)
+
+
+def test_carry_lbfgs_state_continues_a_fit_exactly_on_unchanged_data(key, rng):
+    """fit(k) -> carry -> fit(k) is fit(2k): the carried memory is the longer fit's; a fresh
+    restart (what a refit did before) is not."""
+    x, y = _problem(rng, n=60)
+
+    @float64_scope
+    def run():
+        data = gp.make_data(x, y, np.ones(60, bool))
+        params = gp.init_params(key, data, num_inducing=6)
+        opt, fit5 = _lbfgs_fits(data, params, steps=5)
+        _, fit10 = _lbfgs_fits(data, params, steps=10)
+        p_ref, _, ref = fit10(params, opt.init(params))
+        p1, s1, _ = fit5(params, opt.init(params))
+        carried = _CARRY(s1, p1, data)
+        p2, _, info = fit5(p1, carried)
+        p_fresh, _, _ = fit5(p1, opt.init(p1))
+        return p_ref, ref, p2, info, p_fresh
+
+    p_ref, ref, p2, info, p_fresh = run()
+    flat = lambda t: np.concatenate([np.ravel(a) for a in jax.tree.leaves(t)])  # noqa: E731
+    np.testing.assert_allclose(np.asarray(info.loss), np.asarray(ref.loss)[5:], rtol=1e-10)
+    np.testing.assert_allclose(flat(p2), flat(p_ref), rtol=1e-7, atol=1e-9)
+    assert np.max(np.abs(flat(p_fresh) - flat(p_ref))) > 1e-4  # the restart does differ
+
+
+def test_carry_lbfgs_state_keeps_the_old_objectives_pairs_on_new_data(key, rng):
+    """On new data (five more valid rows) the carried state caches the new objective's value
+    and gradient, and the pair its first step stores is the old objective's exact pair
+    ``(p - p_prev, g_old(p) - g_old(p_prev))``, from jax.grad on the old data."""
+    x, y = _problem(rng, n=60)
+    old_mask = np.arange(60) < 55
+
+    @float64_scope
+    def run():
+        old = gp.make_data(x, y, old_mask)
+        new = gp.make_data(x, y, np.ones(60, bool))
+        params = gp.init_params(key, old, num_inducing=6)
+        opt, fit5 = _lbfgs_fits(old, params, steps=5)
+        p, s, _ = fit5(params, opt.init(params))
+        carried = _CARRY(s, p, new)
+        neg = lambda d: lambda q: -gp.collapsed_elbo(q, d)  # noqa: E731
+        value_new, g_new = jax.value_and_grad(neg(new))(p)
+        p_prev = s[0].params
+        want_y = jax.tree.map(lambda a, b: a - b, jax.grad(neg(old))(p), jax.grad(neg(old))(p_prev))
+        want_s = jax.tree.map(lambda a, b: a - b, p, p_prev)
+        _, s_next = opt.update(g_new, carried, p, value=value_new, grad=g_new, value_fn=neg(new))
+        slot = (int(s[0].count) - 1) % 10  # optax's prev_memory_idx at the next step
+        got_y = jax.tree.map(lambda m: m[slot], s_next[0].diff_updates_memory)
+        got_s = jax.tree.map(lambda m: m[slot], s_next[0].diff_params_memory)
+        cached = optax_get(carried)
+        return value_new, g_new, cached, want_y, got_y, want_s, got_s, s, s_next, slot
+
+    value_new, g_new, (v, g), want_y, got_y, want_s, got_s, s, s_next, slot = run()
+    flat = lambda t: np.concatenate([np.ravel(a) for a in jax.tree.leaves(t)])  # noqa: E731
+    np.testing.assert_allclose(float(v), float(value_new), rtol=1e-12)
+    np.testing.assert_allclose(flat(g), flat(g_new), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(flat(got_s), flat(want_s), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(flat(got_y), flat(want_y), rtol=1e-6, atol=1e-9)
+    # the old memory is still there
+    kept = np.asarray(s[0].weights_memory)[:slot]
+    assert np.all(kept > 0)
+    np.testing.assert_array_equal(np.asarray(s_next[0].weights_memory)[:slot], kept)
+    # and the carry moved it: a pair mixing the objectives (no shift) is not the old pair
+    mixed = jax.tree.map(lambda a, b: a - b, g_new, s[0].updates)
+    assert np.max(np.abs(flat(mixed) - flat(want_y))) > 1e-3
+
+
+def optax_get(state):
+    import optax
+
+    return optax.tree_utils.tree_get(state, "value"), optax.tree_utils.tree_get(state, "grad")
+
+
+def test_carry_lbfgs_state_refuses_other_optimisers(key, rng):
+    x, y = _problem(rng, n=20)
+
+    @float64_scope
+    def run():
+        data = gp.make_data(x, y, np.ones(20, bool))
+        params = gp.init_params(key, data, num_inducing=4)
+        adam = gp.make_optimizer(0.01)
+        return gp.carry_lbfgs_state(adam.init(params), params, data)
+
+    with pytest.raises(TypeError, match="lbfgs"):
+        run()

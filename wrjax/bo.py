@@ -104,6 +104,12 @@ class GPFitConfig:
         = ``refit_tol``, as before this field existed. Set it to loosen the warm refits
         (``refit_tol``) while the cold fit, which starts far from the optimum, still
         converges: ``refit_tol=1e-4, cold_tol=1e-5``.
+      carry_lbfgs: warm L-BFGS refits keep the previous fit's curvature memory
+        (:func:`wrjax.gp.carry_lbfgs_state`) instead of starting afresh (False, the
+        behaviour of every run recorded before 2026-12-07). On unchanged data a carried
+        refit continues the previous fit exactly; ``benchmarks/RESULTS.md``
+        (``## lbfgs_memory``) measures it against fresh refits at equal bound. A cold fit
+        always starts afresh. Needs ``fit_method="lbfgs"``.
       cold_kernel_steps: ``"authors"`` cold fit, phase 1: kernel and noise only, Adam at
         ``kernel_learning_rate`` (also with ``fit_method="lbfgs"``: from the authors' initial
         values a line search jumps to the degenerate optimum "no signal, all noise"). The
@@ -172,6 +178,7 @@ class GPFitConfig:
     refit_tol: float = 1e-5
     audit_every: int = 0
     cold_tol: float | None = None
+    carry_lbfgs: bool = False
 
     def __post_init__(self):
         owner = type(self).__name__
@@ -186,6 +193,9 @@ class GPFitConfig:
             # rather than log nothing
             raise ValueError(f"{owner}.audit_every audits the refits that refit='incremental' skips; "
                              f"it must be 0 with refit={self.refit!r}, got {self.audit_every}")
+        if self.carry_lbfgs and self.fit_method != "lbfgs":
+            raise ValueError(f"{owner}.carry_lbfgs keeps L-BFGS's memory across refits; it needs "
+                             f"fit_method='lbfgs', got {self.fit_method!r} (Adam keeps its moments anyway)")
         if self.cold_subset <= 0:
             raise ValueError(f"{owner}.cold_subset must be > 0, got {self.cold_subset}")
         if not self.refit_tol >= 0:
@@ -503,7 +513,13 @@ def _fit_program(key, subset_key, z, y, mask, include, state_params, state_opt, 
         # L-BFGS caches the previous objective: always fresh; Adam keeps its moments, unless
         # the state came from another optimiser
         same = jax.tree.structure(state_opt) == jax.tree.structure(fresh)
-        opt_state = state_opt if (method == "adam" and same) else fresh
+        # L-BFGS: fresh, or (carry_lbfgs) its curvature memory moved onto the new data
+        if method == "adam" and same:
+            opt_state = state_opt
+        elif config.carry_lbfgs and same:
+            opt_state = gp.carry_lbfgs_state(state_opt, state_params, data, jitter=config.jitter)
+        else:
+            opt_state = fresh
         if converged:  # to convergence, capped: every-query-converged, incremental's refits
             params, opt_state, info = gp.fit_converged(
                 state_params, opt_state, data, optimizer=opt, max_steps=config.refit_max_steps,
@@ -965,6 +981,8 @@ def make_gp_ei(fit: GPFitConfig = GPFitConfig(),
     del fit_json["audit_every"]  # a diagnostic: the run's results do not depend on it
     if fit.cold_tol is None:  # = refit_tol: the config.json of runs before cold_tol stays as it was
         del fit_json["cold_tol"]
+    if not fit.carry_lbfgs:  # the behaviour before the field existed: recorded runs resume
+        del fit_json["carry_lbfgs"]
     # the cold fit's unused fields stay out; an "authors" run's config.json is as it was
     unused = _SUBSET_GREEDY_NAMES if fit.cold_fit == "authors" else _AUTHORS_COLD_NAMES
     fit_json = {k: v for k, v in fit_json.items() if k not in unused}

@@ -75,6 +75,7 @@ __all__ = [
     "to_gpjax",
     "set_lapack_threads",
     "fit_converged",
+    "carry_lbfgs_state",
     "greedy_inducing_points",
     "random_rows",
     "cold_fit",
@@ -712,7 +713,8 @@ def make_optimizer(
     and likelihood parameters only at lr 0.1 (``train_inducing=False``), then everything at
     lr 0.03; warm refits train everything at lr 0.03. ``method="lbfgs"`` ignores
     ``learning_rate`` (the line search picks the step); its state holds the last loss and
-    gradient, so :func:`fit` must be given a fresh ``init`` for new data.
+    gradient, so :func:`fit` must be given a fresh ``init`` for new data, or the old state
+    moved onto the new data by :func:`carry_lbfgs_state` (which keeps its memory).
     """
     if method == "adam":
         inner = optax.adam(learning_rate)
@@ -747,7 +749,8 @@ def fit(
     """``num_steps`` optimiser steps on the negative collapsed ELBO (a fixed budget).
 
     Warm starting is passing the parameters and optimiser state of the previous fit (for
-    L-BFGS, a fresh ``optimizer.init(params)``: its state caches the previous objective).
+    L-BFGS on new data, a fresh ``optimizer.init(params)`` or :func:`carry_lbfgs_state`: its
+    state caches the previous objective).
     A step whose loss or gradient is not finite is skipped (parameters and optimiser state
     unchanged) and counted in ``info.skipped``, so a bad step can never poison the state.
     Pure; run it under ``jax.jit`` with ``optimizer``/``num_steps`` static (and inside
@@ -901,6 +904,58 @@ def fit_converged(
     final = _collapsed_bound(params, data, jitter)
     info = FitInfo(trace, final.elbo, final.jitter, skipped, steps, done)
     return params, opt_state, info
+
+
+@float64_scope
+def carry_lbfgs_state(
+    opt_state: optax.OptState, params: SGPRParams, data: SGPRData, *, jitter: float = 1e-6
+) -> optax.OptState:
+    """Move an L-BFGS state of :func:`make_optimizer` onto new data, keeping its memory.
+
+    A warm refit normally starts L-BFGS afresh (its state caches the previous objective's
+    value and gradient), and a fresh L-BFGS spends its first iterations on gradient-like
+    steps whose zoom line search needs several evaluations each. Between two queries the
+    objective changes by a few rows out of thousands, so the curvature pairs
+    ``(s_i, y_i)`` the last fit stored still describe it well. This keeps them and makes
+    the state consistent with the new objective ``f_new`` at ``params`` (the point the last
+    fit ended at, where the state's cached value and gradient ``g_old`` were taken):
+
+    * the cached value and gradient become ``f_new(params)`` and ``g_new`` (one
+      bound-and-gradient evaluation here, which the first step then reuses);
+    * the stored previous gradient is shifted by ``g_new - g_old``, so that the pair the
+      first step forms, ``(params - p_prev, g_new - stored)``, equals the old objective's
+      exact pair ``(params - p_prev, g_old - g_old(p_prev))``: no pair ever mixes two
+      objectives' gradients (a mixed pair can have negative curvature and turn the
+      preconditioned direction uphill).
+
+    On unchanged data the result is exactly the state a longer fit would have had, so
+    ``fit(k)`` then ``carry`` then ``fit(k)`` equals ``fit(2k)`` (``tests/test_gp.py``). A
+    state that never stepped (``count == 0``, e.g. fresh from a cold fit) has no memory:
+    it is returned as a fresh ``init`` would be. Pure; float64 (call it in
+    :func:`wrjax.precision.float64_scope`).
+
+    Args:
+      opt_state: the L-BFGS state a previous :func:`fit`/:func:`fit_converged` returned,
+        with all parameters trained (``train_inducing=True``).
+      params: the parameters that fit returned.
+      data: the new standardised data.
+
+    Returns:
+      The carried state, to pass to the next fit with ``params``.
+    """
+    lbfgs_state = opt_state[0]
+    if not isinstance(lbfgs_state, optax.ScaleByLBFGSState):
+        raise TypeError("carry_lbfgs_state needs make_optimizer(method='lbfgs', train_inducing=True)'s "
+                        f"state, got {type(lbfgs_state).__name__}")
+    value, grad = jax.value_and_grad(lambda p: -_collapsed_bound(p, data, jitter).elbo)(params)
+    g_old = optax.tree_utils.tree_get(opt_state, "grad")
+    shifted = jax.tree.map(lambda u, gn, go: u + (gn - go), lbfgs_state.updates, grad, g_old)
+    stepped = lbfgs_state.count > 0
+    lbfgs_state = lbfgs_state._replace(
+        updates=jax.tree.map(lambda a, b: jnp.where(stepped, a, b), shifted, lbfgs_state.updates)
+    )
+    opt_state = (lbfgs_state,) + tuple(opt_state[1:])
+    return optax.tree_utils.tree_set(opt_state, value=value, grad=grad)
 
 
 @float64_scope
