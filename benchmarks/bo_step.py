@@ -436,12 +436,7 @@ def markdown(args, rows, wall):
 
 
 def write_section(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = old.find("## bo_step")
-    if start >= 0:
-        end = old.find("\n## ", start + 1)
-        old = old[:start] + (old[end + 1 :] if end >= 0 else "")
-    path.write_text(old.rstrip("\n") + "\n\n" + text)
+    machine.write_section(path, "## bo_step", text)
 
 
 # --------------------------------------------------------------------------------------------

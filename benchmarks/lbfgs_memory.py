@@ -167,12 +167,7 @@ def markdown(args, res, wall):
 
 
 def write_section(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = old.find("## lbfgs_memory")
-    if start >= 0:
-        end = old.find("\n## ", start + 1)
-        old = old[:start] + (old[end + 1 :] if end >= 0 else "")
-    path.write_text(old.rstrip("\n") + "\n\n" + text)
+    machine.write_section(path, "## lbfgs_memory", text)
 
 
 def main(argv=None):

@@ -1,4 +1,5 @@
-"""One line naming the machine a benchmark ran on (CPU model, cores, AVX-512, JAX devices)."""
+"""What the benchmarks share: one line naming the machine they ran on (CPU model, cores,
+AVX-512, JAX devices), and the writer of their sections of ``RESULTS.md``."""
 
 from __future__ import annotations
 
@@ -25,3 +26,15 @@ def describe() -> str:
     devices = jax.devices()
     return (f"{platform.machine()} CPU ({cpu}), {os.cpu_count()} cores{isa}, {len(devices)} "
             f"{devices[0].platform} device(s) ({devices[0].device_kind}); jax {jax.__version__}")
+
+
+def write_section(path: Path, heading: str, text: str) -> None:
+    """Replace the section that starts with ``heading`` (e.g. ``"## bo_step"``) in ``path``
+    by ``text`` (appended at the end; the file is created with a title if missing), leaving
+    the other sections as they are."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    start = old.find(heading)
+    if start >= 0:
+        end = old.find("\n## ", start + 1)
+        old = old[:start] + (old[end + 1 :] if end >= 0 else "")
+    path.write_text(old.rstrip("\n") + "\n\n" + text)

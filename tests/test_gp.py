@@ -773,15 +773,14 @@ def optax_get(state):
     return optax.tree_utils.tree_get(state, "value"), optax.tree_utils.tree_get(state, "grad")
 
 
-def test_carry_lbfgs_state_refuses_other_optimisers(key, rng):
+def test_carry_lbfgs_state_refuses_other_optimisers(rng):
     x, y = _problem(rng, n=20)
 
     @float64_scope
-    def run():
+    def carry_adam():
+        params = _params(rng, x[:4], 2)
         data = gp.make_data(x, y, np.ones(20, bool))
-        params = gp.init_params(key, data, num_inducing=4)
-        adam = gp.make_optimizer(0.01)
-        return gp.carry_lbfgs_state(adam.init(params), params, data)
+        return gp.carry_lbfgs_state(gp.make_optimizer(0.01).init(params), params, data)
 
     with pytest.raises(TypeError, match="lbfgs"):
-        run()
+        carry_adam()
