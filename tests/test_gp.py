@@ -725,6 +725,28 @@ def test_carry_lbfgs_state_continues_a_fit_exactly_on_unchanged_data(key, rng):
     assert np.max(np.abs(flat(p_fresh) - flat(p_ref))) > 1e-4  # the restart does differ
 
 
+def test_carry_lbfgs_state_of_a_state_that_never_stepped_is_a_fresh_start(key, rng):
+    """A state that never stepped (a refit after a cold fit) has no memory to carry: the fit
+    from the carried state follows a fresh L-BFGS exactly, although the carry shifted its
+    (unused) stored gradient."""
+    x, y = _problem(rng, n=60)
+
+    @float64_scope
+    def run():
+        data = gp.make_data(x, y, np.ones(60, bool))
+        params = gp.init_params(key, data, num_inducing=6)
+        opt, fit5 = _lbfgs_fits(data, params, steps=5)
+        carried = _CARRY(opt.init(params), params, data)
+        p_c, _, info_c = fit5(params, carried)
+        p_f, _, info_f = fit5(params, opt.init(params))
+        return p_c, info_c, p_f, info_f
+
+    p_c, info_c, p_f, info_f = run()
+    flat = lambda t: np.concatenate([np.ravel(a) for a in jax.tree.leaves(t)])  # noqa: E731
+    np.testing.assert_allclose(np.asarray(info_c.loss), np.asarray(info_f.loss), rtol=1e-12)
+    np.testing.assert_allclose(flat(p_c), flat(p_f), rtol=1e-10, atol=1e-12)
+
+
 def test_carry_lbfgs_state_keeps_the_old_objectives_pairs_on_new_data(key, rng):
     """On new data (five more valid rows) the carried state caches the new objective's value
     and gradient, and the pair its first step stores is the old objective's exact pair

@@ -510,10 +510,10 @@ def _fit_program(key, subset_key, z, y, mask, include, state_params, state_opt, 
     else:
         opt = gp.make_optimizer(config.learning_rate, method=method)
         fresh = opt.init(state_params)
-        # L-BFGS caches the previous objective: always fresh; Adam keeps its moments, unless
-        # the state came from another optimiser
+        # Adam keeps its moments; L-BFGS caches the previous objective's value and gradient,
+        # so it starts fresh unless carry_lbfgs moves its curvature memory onto the new data.
+        # A state from another optimiser (other structure) always starts fresh.
         same = jax.tree.structure(state_opt) == jax.tree.structure(fresh)
-        # L-BFGS: fresh, or (carry_lbfgs) its curvature memory moved onto the new data
         if method == "adam" and same:
             opt_state = state_opt
         elif config.carry_lbfgs and same:

@@ -930,8 +930,8 @@ def carry_lbfgs_state(
 
     On unchanged data the result is exactly the state a longer fit would have had, so
     ``fit(k)`` then ``carry`` then ``fit(k)`` equals ``fit(2k)`` (``tests/test_gp.py``). A
-    state that never stepped (``count == 0``, e.g. fresh from a cold fit) has no memory:
-    it is returned as a fresh ``init`` would be. Pure; float64 (call it in
+    state that never stepped (``count == 0``, e.g. fresh from a cold fit) has no memory,
+    and optax forms no pair from its first step, so carrying it is a fresh start. Pure; float64 (call it in
     :func:`wrjax.precision.float64_scope`).
 
     Args:
@@ -949,11 +949,9 @@ def carry_lbfgs_state(
                         f"state, got {type(lbfgs_state).__name__}")
     value, grad = jax.value_and_grad(lambda p: -_collapsed_bound(p, data, jitter).elbo)(params)
     g_old = optax.tree_utils.tree_get(opt_state, "grad")
+    # at count == 0 optax masks the first step's pair, so a never-stepped state needs no guard
     shifted = jax.tree.map(lambda u, gn, go: u + (gn - go), lbfgs_state.updates, grad, g_old)
-    stepped = lbfgs_state.count > 0
-    lbfgs_state = lbfgs_state._replace(
-        updates=jax.tree.map(lambda a, b: jnp.where(stepped, a, b), shifted, lbfgs_state.updates)
-    )
+    lbfgs_state = lbfgs_state._replace(updates=shifted)
     opt_state = (lbfgs_state,) + tuple(opt_state[1:])
     return optax.tree_utils.tree_set(opt_state, value=value, grad=grad)
 
