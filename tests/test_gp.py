@@ -702,7 +702,9 @@ def _lbfgs_fits(data, params, *, steps):
 
 def test_carry_lbfgs_state_continues_a_fit_exactly_on_unchanged_data(key, rng):
     """fit(k) -> carry -> fit(k) is fit(2k): the carried memory is the longer fit's; a fresh
-    restart (what a refit did before) is not."""
+    restart (what a refit did before) is not. A state that never stepped (a refit right after
+    a cold fit) has no memory: carrying it gives exactly a fresh L-BFGS, although the carry
+    shifted its (unused) stored gradient."""
     x, y = _problem(rng, n=60)
 
     @float64_scope
@@ -712,39 +714,23 @@ def test_carry_lbfgs_state_continues_a_fit_exactly_on_unchanged_data(key, rng):
         opt, fit5 = _lbfgs_fits(data, params, steps=5)
         _, fit10 = _lbfgs_fits(data, params, steps=10)
         p_ref, _, ref = fit10(params, opt.init(params))
-        p1, s1, _ = fit5(params, opt.init(params))
+        p1, s1, info1 = fit5(params, opt.init(params))
         carried = _CARRY(s1, p1, data)
         p2, _, info = fit5(p1, carried)
         p_fresh, _, _ = fit5(p1, opt.init(p1))
-        return p_ref, ref, p2, info, p_fresh
+        p_never, _, info_never = fit5(params, _CARRY(opt.init(params), params, data))
+        return p_ref, ref, p2, info, p_fresh, (p1, info1, p_never, info_never)
 
-    p_ref, ref, p2, info, p_fresh = run()
-    flat = lambda t: np.concatenate([np.ravel(a) for a in jax.tree.leaves(t)])  # noqa: E731
+    p_ref, ref, p2, info, p_fresh, (p1, info1, p_never, info_never) = run()
     np.testing.assert_allclose(np.asarray(info.loss), np.asarray(ref.loss)[5:], rtol=1e-10)
-    np.testing.assert_allclose(flat(p2), flat(p_ref), rtol=1e-7, atol=1e-9)
-    assert np.max(np.abs(flat(p_fresh) - flat(p_ref))) > 1e-4  # the restart does differ
+    np.testing.assert_allclose(_flat(p2), _flat(p_ref), rtol=1e-7, atol=1e-9)
+    assert np.max(np.abs(_flat(p_fresh) - _flat(p_ref))) > 1e-4  # the restart does differ
+    np.testing.assert_allclose(np.asarray(info_never.loss), np.asarray(info1.loss), rtol=1e-12)
+    np.testing.assert_allclose(_flat(p_never), _flat(p1), rtol=1e-10, atol=1e-12)
 
 
-def test_carry_lbfgs_state_of_a_state_that_never_stepped_is_a_fresh_start(key, rng):
-    """A state that never stepped (a refit after a cold fit) has no memory to carry: the fit
-    from the carried state follows a fresh L-BFGS exactly, although the carry shifted its
-    (unused) stored gradient."""
-    x, y = _problem(rng, n=60)
-
-    @float64_scope
-    def run():
-        data = gp.make_data(x, y, np.ones(60, bool))
-        params = gp.init_params(key, data, num_inducing=6)
-        opt, fit5 = _lbfgs_fits(data, params, steps=5)
-        carried = _CARRY(opt.init(params), params, data)
-        p_c, _, info_c = fit5(params, carried)
-        p_f, _, info_f = fit5(params, opt.init(params))
-        return p_c, info_c, p_f, info_f
-
-    p_c, info_c, p_f, info_f = run()
-    flat = lambda t: np.concatenate([np.ravel(a) for a in jax.tree.leaves(t)])  # noqa: E731
-    np.testing.assert_allclose(np.asarray(info_c.loss), np.asarray(info_f.loss), rtol=1e-12)
-    np.testing.assert_allclose(flat(p_c), flat(p_f), rtol=1e-10, atol=1e-12)
+def _flat(tree):
+    return np.concatenate([np.ravel(a) for a in jax.tree.leaves(tree)])
 
 
 def test_carry_lbfgs_state_keeps_the_old_objectives_pairs_on_new_data(key, rng):
@@ -775,18 +761,17 @@ def test_carry_lbfgs_state_keeps_the_old_objectives_pairs_on_new_data(key, rng):
         return value_new, g_new, cached, want_y, got_y, want_s, got_s, s, s_next, slot
 
     value_new, g_new, (v, g), want_y, got_y, want_s, got_s, s, s_next, slot = run()
-    flat = lambda t: np.concatenate([np.ravel(a) for a in jax.tree.leaves(t)])  # noqa: E731
     np.testing.assert_allclose(float(v), float(value_new), rtol=1e-12)
-    np.testing.assert_allclose(flat(g), flat(g_new), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(flat(got_s), flat(want_s), rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(flat(got_y), flat(want_y), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(_flat(g), _flat(g_new), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(_flat(got_s), _flat(want_s), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(_flat(got_y), _flat(want_y), rtol=1e-6, atol=1e-9)
     # the old memory is still there
     kept = np.asarray(s[0].weights_memory)[:slot]
     assert np.all(kept > 0)
     np.testing.assert_array_equal(np.asarray(s_next[0].weights_memory)[:slot], kept)
     # and the carry moved it: a pair mixing the objectives (no shift) is not the old pair
     mixed = jax.tree.map(lambda a, b: a - b, g_new, s[0].updates)
-    assert np.max(np.abs(flat(mixed) - flat(want_y))) > 1e-3
+    assert np.max(np.abs(_flat(mixed) - _flat(want_y))) > 1e-3
 
 
 def optax_get(state):
