@@ -435,10 +435,6 @@ def markdown(args, rows, wall):
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    machine.write_section(path, "## bo_step", text)
-
-
 # --------------------------------------------------------------------------------------------
 # GP-level sections: converged refits, incremental conditioning, cost curves, threads
 # --------------------------------------------------------------------------------------------
@@ -966,7 +962,7 @@ def main():
         text = markdown(args, rows, time.perf_counter() - t0)
         print(text)
         if args.write:
-            write_section(HERE / "RESULTS.md", text)
+            machine.write_section(HERE / "RESULTS.md", "## bo_step", text)
     gp_sections = [s for s in args.sections if s != "bo"]
     if not gp_sections:
         return

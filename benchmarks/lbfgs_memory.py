@@ -166,10 +166,6 @@ def markdown(args, res, wall):
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    machine.write_section(path, "## lbfgs_memory", text)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", choices=("synthetic", "expressions"), default="synthetic")
@@ -191,7 +187,7 @@ def main(argv=None):
     if args.json:
         args.json.write_text(json.dumps(res, indent=1))
     if args.write:
-        write_section(Path(__file__).resolve().parent / "RESULTS.md", text)
+        machine.write_section(Path(__file__).resolve().parent / "RESULTS.md", "## lbfgs_memory", text)
 
 
 if __name__ == "__main__":

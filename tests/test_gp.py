@@ -696,6 +696,10 @@ _FIT = jax.jit(gp.fit, static_argnames=("optimizer", "num_steps"))
 _CARRY = jax.jit(gp.carry_lbfgs_state)
 
 
+def _flat(tree):
+    return np.concatenate([np.ravel(a) for a in jax.tree.leaves(tree)])
+
+
 def _lbfgs_fits(data, params, *, steps):
     return _LBFGS, lambda p, s, d=data, k=steps: _FIT(p, s, d, optimizer=_LBFGS, num_steps=k)
 
@@ -727,10 +731,6 @@ def test_carry_lbfgs_state_continues_a_fit_exactly_on_unchanged_data(key, rng):
     assert np.max(np.abs(_flat(p_fresh) - _flat(p_ref))) > 1e-4  # the restart does differ
     np.testing.assert_allclose(np.asarray(info_never.loss), np.asarray(info1.loss), rtol=1e-12)
     np.testing.assert_allclose(_flat(p_never), _flat(p1), rtol=1e-10, atol=1e-12)
-
-
-def _flat(tree):
-    return np.concatenate([np.ravel(a) for a in jax.tree.leaves(tree)])
 
 
 def test_carry_lbfgs_state_keeps_the_old_objectives_pairs_on_new_data(key, rng):

@@ -931,8 +931,8 @@ def carry_lbfgs_state(
     On unchanged data the result is exactly the state a longer fit would have had, so
     ``fit(k)`` then ``carry`` then ``fit(k)`` equals ``fit(2k)`` (``tests/test_gp.py``). A
     state that never stepped (``count == 0``, e.g. fresh from a cold fit) has no memory,
-    and optax forms no pair from its first step, so carrying it is a fresh start. Pure; float64 (call it in
-    :func:`wrjax.precision.float64_scope`).
+    and optax forms no pair from its first step, so carrying it is a fresh start. Pure;
+    float64 (call it in :func:`wrjax.precision.float64_scope`).
 
     Args:
       opt_state: the L-BFGS state a previous :func:`fit`/:func:`fit_converged` returned,
