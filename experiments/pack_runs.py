@@ -2,7 +2,8 @@
 commit: a long comparison interrupted at a session's end then resumes elsewhere.
 
 Each run directory (one holding ``config.json``) keeps ``config.json``, ``records.jsonl``, ``proposals.jsonl``,
-``summary.json`` and ``pending.json`` where present, and, if it is not finished, only its
+``processes.jsonl`` (so a resumed run's time still spans all its processes), ``summary.json`` and
+``pending.json`` where present, and, if it is not finished, only its
 *newest* verified cycle checkpoint (``checkpoints/cycle_NNN.{json,msgpack}``): the run resumes
 from that checkpoint and replays the records after it, so nothing is evaluated twice. A
 checkpoint larger than ``--checkpoint-limit-mb`` is left out too: that run then replays all
@@ -23,7 +24,8 @@ import sys
 import tarfile
 from pathlib import Path
 
-KEEP = ("config.json", "records.jsonl", "summary.json", "pending.json", "proposals.jsonl")
+KEEP = ("config.json", "records.jsonl", "summary.json", "pending.json", "proposals.jsonl",
+        "processes.jsonl")
 SMALL = 1 << 20
 
 

@@ -170,7 +170,9 @@ def format_table(summaries: list[dict]) -> str:
             cells.append(f"{st.mean[0]:.3g} ± {st.stderr[0]:.2g}")
         n_eval = np.mean([g["num_evaluations"] for g in group])
         disc = np.mean([g["counts"]["invalid"] + g["counts"]["duplicate"] for g in group])
-        secs = np.mean([g.get("wall_seconds", g["seconds"]) for g in group])
+        # a run resumed over several processes: its summary's seconds span them all
+        secs = np.mean([g["seconds"] if "processes" in g else g.get("wall_seconds", g["seconds"])
+                        for g in group])
         stalled = sum(g.get("status", "complete") != "complete" for g in group)
         # a stalled seed has fewer evaluations than the budget: say so where the numbers are
         label = name if not stalled else f"{name} ({stalled} stalled)"

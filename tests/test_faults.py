@@ -498,6 +498,22 @@ def test_tables_mark_stalled_seeds():
                           dict(base, setting="kinf_rnever", status="complete")])  # fmt: skip
     assert "| k1e-3_r5 (1 stalled) | 2 |" in table
     assert "| kinf_rnever | 1 |" in table
+    # time per seed: a resumed run's summary seconds (all its processes), not the last
+    # process's wall clock
+    resumed = dict(base, setting="s", status="complete", seconds=300.0, processes=2, wall_seconds=40.0)
+    fresh = dict(base, setting="s", status="complete", wall_seconds=100.0)
+    assert "| 200 | n/a |" in format_table([resumed, fresh])
+
+
+def test_process_log_with_a_torn_line_keeps_the_whole_ones(tmp_path):
+    from wrjax.loop.records import PROCESSES_FILE, append_process_start, load_process_starts
+
+    append_process_start(tmp_path, 30.0, 5)
+    append_process_start(tmp_path, 10.0, 0)
+    with open(tmp_path / PROCESSES_FILE, "a") as f:
+        f.write('{"start": 50.0, "ev')  # killed mid-write
+    assert load_process_starts(tmp_path) == [10.0, 30.0]
+    assert load_process_starts(tmp_path / "missing") == []
 
 
 def test_progress_bar_says_what_it_waits_for(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 import warnings
 
 import jax
@@ -142,6 +143,20 @@ def test_resumed_run_gives_identical_records(toy, tmp_path, stop_at):
     # Evaluations recorded before the interruption were not repeated.
     assert len(calls) == sum(r["eval"] is not None for r in full.records[stop_at + 1 :])
     np.testing.assert_array_equal(resumed.scores, full.scores)
+    # The summary's time spans both processes: the first one up to its last record, the second
+    # one whole (recomputed from the process log and the records' clock times).
+    log = [json.loads(line) for line in (tmp_path / "cut" / "processes.jsonl").read_text().splitlines()]
+    # (the second resumed from the last cycle checkpoint: a whole number of 5-evaluation cycles)
+    assert [e["evals"] for e in log] == [0, sum(r["eval"] is not None for r in partial) // 5 * 5]
+    first, second = log[0]["start"], log[1]["start"]
+    s = resumed.summary
+    assert s["processes"] == 2 and full.summary["processes"] == 1
+    first_process = partial[-1]["wall_time"] - first
+    assert 0 < first_process < second - first
+    # the second process: from its start (before its resume) to its end, so at least its own
+    # time after the resume, at most until now
+    assert first_process + s["seconds_last_process"] <= s["seconds"] + 1e-3
+    assert s["seconds"] <= first_process + (time.time() - second)
 
 
 def test_changed_config_in_existing_workdir_is_rejected(toy, tmp_path):

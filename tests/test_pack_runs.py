@@ -42,7 +42,8 @@ def test_packed_interrupted_run_resumes_elsewhere_identically(tmp_path):
     out = tmp_path / "pack" / "runs.tar.gz"
     pack_runs.main([str(tmp_path / "bg" / "compare"), str(out)])
     names = set(tarfile.open(out).getnames())
-    kept = ["config.json", "records.jsonl", "checkpoints/cycle_001.json", "checkpoints/cycle_001.msgpack"]
+    kept = ["config.json", "records.jsonl", "processes.jsonl", "checkpoints/cycle_001.json",
+            "checkpoints/cycle_001.msgpack"]
     kept += ["pending.json"] if (cut / "pending.json").exists() else []  # a proposal in flight
     assert names == {f"compare/seed0/{n}" for n in kept} | {"compare/notes.md"}
     elsewhere = tmp_path / "elsewhere"
@@ -55,6 +56,7 @@ def test_packed_interrupted_run_resumes_elsewhere_identically(tmp_path):
     assert strip(resumed.records) == strip(full.records)
     # the 12 evaluations recorded before the interruption are replayed, not repeated
     assert len(calls) == sum(r["eval"] is not None for r in full.records[12:])
+    assert resumed.summary["processes"] == 2  # the process log travelled with the run
 
 
 def test_without_its_checkpoint_a_run_replays_from_the_start_and_a_complete_run_needs_none(tmp_path):

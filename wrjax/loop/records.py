@@ -29,7 +29,8 @@ from wrjax import checkpoint as ckpt
 from wrjax import metrics
 
 __all__ = ["STATUSES", "FAILED", "load_records", "repair_records", "RecordBook", "new_record", "summarize",
-           "append_proposal", "load_proposals", "optimizer_summary"]
+           "append_proposal", "load_proposals", "optimizer_summary", "append_process_start",
+           "load_process_starts", "run_seconds", "PROCESSES_FILE"]
 
 #: Record statuses. ``ok``: evaluated, added to the data. ``invalid``: the decoding is not a
 #: valid object. ``duplicate``: the object is in the training data or was already queried.
@@ -233,6 +234,73 @@ def load_proposals(workdir: Path) -> list[dict]:
     return [last[k] for k in sorted(last)]
 
 
+#: ``workdir/processes.jsonl``: one line per process that ran (or resumed) the run, written as
+#: it starts: ``{"start": unix time, "evals": evaluations in the checkpoint it resumed from,
+#: "pid", "host"}``.
+#: It lets the summary give a resumed run's wall time over all its processes.
+PROCESSES_FILE = "processes.jsonl"
+
+
+def append_process_start(workdir: Path, start: float, n_evals: int) -> None:
+    """Record that a process started (or resumed) the run in ``workdir`` at ``start``."""
+    import socket
+
+    entry = {"start": float(start), "evals": int(n_evals), "pid": os.getpid(), "host": socket.gethostname()}
+    with open(Path(workdir) / PROCESSES_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def load_process_starts(workdir: Path) -> list[float]:
+    """The start times of the processes that ran the run in ``workdir``, sorted (damaged
+    lines, e.g. a torn last one, are skipped; no file: ``[]``)."""
+    path = Path(workdir) / PROCESSES_FILE
+    if not path.exists():
+        return []
+    starts = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            t = float(json.loads(line)["start"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if math.isfinite(t):
+            starts.append(t)
+    return sorted(starts)
+
+
+def run_seconds(starts: Sequence[float], records: list[dict], end: float) -> float:
+    """Wall seconds a run spent over all the processes that ran it.
+
+    The last process ran from its start to ``end``. An earlier one (stopped or killed) is
+    counted from its start to its last record's ``wall_time`` (a record written before the
+    next process started): time after its last record is not known and not counted, and what
+    it did after that is redone, and counted, by the next process. Records older than the
+    first start come from processes that ran before the log existed; they count from the
+    first such record to the last (a lower bound). With no ``starts`` the result is 0.0 and
+    callers fall back to their own clock.
+
+    >>> recs = [dict(wall_time=t) for t in (12.0, 15.0, 31.0, 40.0)]
+    >>> run_seconds([10.0, 30.0], recs, end=45.0)   # (15 - 10) + (45 - 30)
+    20.0
+    >>> run_seconds([14.0], recs, end=45.0)          # unlogged (12 to 12) + (45 - 14)
+    31.0
+    """
+    starts = sorted(float(s) for s in starts)
+    if not starts:
+        return 0.0
+    times = sorted(float(r["wall_time"]) for r in records if r.get("wall_time") is not None)
+    before = [t for t in times if t < starts[0]]
+    total = (before[-1] - before[0]) if before else 0.0
+    for i, s in enumerate(starts):
+        if i + 1 == len(starts):
+            total += max(float(end) - s, 0.0)
+            continue
+        inside = [t for t in times if s <= t < starts[i + 1]]
+        total += (inside[-1] - s) if inside else 0.0
+    return total
+
+
 def _other_starts(audits: list[dict]) -> dict:
     other = np.array([a["ei_ratio_other_starts"] for a in audits if "ei_ratio_other_starts" in a], float)
     if not len(other):
@@ -275,10 +343,16 @@ def optimizer_summary(entries: list[dict]) -> dict | None:
 
 
 def summarize(task_name: str, config_json: dict, records: list[dict], status: str,
-              cycle_len: int, seconds: float, proposals: list[dict] | None = None
+              cycle_len: int, seconds: float, proposals: list[dict] | None = None,
+              process_starts: Sequence[float] = (), end: float | None = None,
               ) -> tuple[np.ndarray, dict, dict]:
     """``(scores, curves, summary)`` of a finished (or stalled) run (``proposals``: the
-    entries of :func:`load_proposals`, summarised by :func:`optimizer_summary`)."""
+    entries of :func:`load_proposals`, summarised by :func:`optimizer_summary`).
+
+    ``seconds`` is the last process's own time on the run; with ``process_starts`` (from
+    :func:`load_process_starts`) and ``end`` the summary's ``"seconds"`` is the run's wall
+    time over all its processes (:func:`run_seconds`), ``"processes"`` their number and
+    ``"seconds_last_process"`` the last one's time."""
     scores = np.array([r["score"] for r in records if r["status"] == "ok"], np.float32)
     curves = metrics.topk_curves(scores)
     counts = {s: sum(r["status"] == s for r in records) for s in STATUSES}
@@ -301,6 +375,10 @@ def summarize(task_name: str, config_json: dict, records: list[dict], status: st
         "seconds": seconds,
         "query_seconds": query_seconds(records),
     }
+    if process_starts:
+        total = run_seconds(process_starts, records, time.time() if end is None else end)
+        summary.update(seconds=round(max(total, seconds), 3), processes=len(process_starts),
+                       seconds_last_process=seconds)
     opt = optimizer_summary(proposals or [])
     if opt is not None:  # only where the optimiser reports fits (as before it existed otherwise)
         summary["optimizer"] = opt

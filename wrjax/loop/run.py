@@ -45,8 +45,9 @@ from wrjax.loop import steps
 from wrjax.loop.config import LSOConfig
 from wrjax.loop.optimizers import Optimizer
 from wrjax._checks import check_objective_value
-from wrjax.loop.records import (FAILED, RecordBook, append_proposal, load_proposals, load_records,
-                                 new_record, repair_records, summarize)
+from wrjax.loop.records import (FAILED, RecordBook, append_process_start, append_proposal,
+                                 load_process_starts, load_proposals, load_records, new_record,
+                                 repair_records, summarize)
 from wrjax.loop.state import LSOState, init_state
 from wrjax.task import Task
 from wrjax.typing import PyTree
@@ -125,10 +126,12 @@ def run_config_json(task: Task, config: LSOConfig, optimizer: Optimizer) -> dict
 
 def _run_locked(key, task, config, optimizer, workdir, config_json, callbacks, progress) -> RunResult:
     _claim_workdir(workdir, config_json)
+    t_start = time.time()  # before the resume: replaying a cycle is part of this process's time
     host = _Host(task, config, optimizer, workdir)
     state = init_state(key, task.x, task.y, task.params, host.trainer.tx, budget=config.budget,
                        cycle_len=config.cycle_len, latent_dim=_latent_dim(task))  # fmt: skip
     state, resumed, book = host.resume(state, callbacks)
+    append_process_start(workdir, t_start, int(state.n_evals))
     t_run = time.time()
     status = "complete"
     try:
@@ -149,9 +152,10 @@ def _run_locked(key, task, config, optimizer, workdir, config_json, callbacks, p
     finally:
         host.close()
         book.close()
+    t_end = time.time()
     scores, curves, summary = summarize(task.name, config_json, book.records, status,
-                                        config.cycle_len, time.time() - t_run,
-                                        load_proposals(workdir))  # fmt: skip
+                                        config.cycle_len, t_end - t_run, load_proposals(workdir),
+                                        load_process_starts(workdir), t_end)  # fmt: skip
     ckpt.atomic_write_bytes(workdir / "summary.json", json.dumps(summary, indent=1).encode())
     book.notify("done", summary)
     return RunResult(book.records, scores, curves, state.train.params, status, summary)
