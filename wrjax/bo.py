@@ -110,6 +110,13 @@ class GPFitConfig:
         refit continues the previous fit exactly; ``benchmarks/RESULTS.md``
         (``## lbfgs_memory``) measures it against fresh refits at equal bound. A cold fit
         always starts afresh. Needs ``fit_method="lbfgs"``.
+      grow_inducing: incremental: EI is maximised on the posterior whose inducing inputs are
+        the fitted ones plus every point absorbed since the last fit
+        (:func:`wrjax.gp_update.grown_predictor`, ``O(N (M + n_include)^2)`` a query), so
+        that a queried point informs the posterior around it between refits as a per-query
+        refit's moved inducing points do (False: the fitted inducing points only, the
+        behaviour of every run recorded before 2026-12-08). The staleness rules and the
+        refits are unchanged.
       cold_kernel_steps: ``"authors"`` cold fit, phase 1: kernel and noise only, Adam at
         ``kernel_learning_rate`` (also with ``fit_method="lbfgs"``: from the authors' initial
         values a line search jumps to the degenerate optimum "no signal, all noise"). The
@@ -179,6 +186,7 @@ class GPFitConfig:
     audit_every: int = 0
     cold_tol: float | None = None
     carry_lbfgs: bool = False
+    grow_inducing: bool = False
 
     def __post_init__(self):
         owner = type(self).__name__
@@ -193,6 +201,9 @@ class GPFitConfig:
             # rather than log nothing
             raise ValueError(f"{owner}.audit_every audits the refits that refit='incremental' skips; "
                              f"it must be 0 with refit={self.refit!r}, got {self.audit_every}")
+        if self.grow_inducing and self.refit != "incremental":
+            raise ValueError(f"{owner}.grow_inducing adds the points absorbed since the last fit to the "
+                             f"inducing inputs; it needs refit='incremental', got {self.refit!r}")
         if self.carry_lbfgs and self.fit_method != "lbfgs":
             raise ValueError(f"{owner}.carry_lbfgs keeps L-BFGS's memory across refits; it needs "
                              f"fit_method='lbfgs', got {self.fit_method!r} (Adam keeps its moments anyway)")
@@ -795,6 +806,14 @@ def _absorb_program(z, y, mask, inc, data, absorbed, seen_z, seen_y, *, config: 
     return inc2, data2, absorbed2, seen_z, seen_y, info, stale | overflow, overflow
 
 
+@functools.partial(jax.jit, static_argnames=("config",))
+def _grow_program(inc, data, *, config: GPFitConfig):
+    """The posterior EI runs on under ``grow_inducing``: the rows absorbed since the last fit
+    (the data's last ``n_include`` slots) join the inducing inputs."""
+    s = data.x.shape[0] - config.n_include
+    return gp_update.grown_predictor(inc.pred, data, data.x[s:], data.mask[s:], jitter=config.jitter)
+
+
 @functools.partial(jax.jit, static_argnames=("spare",))
 def _init_program(pred, data, *, spare: int):
     """The incremental state of a fresh fit, and its data with ``spare`` empty rows appended."""
@@ -901,9 +920,12 @@ def _suggest_incremental(key, z, y, mask, *, fit: GPFitConfig, acquisition: Acqu
         bstate = BOState(state.params, state.opt_state, state.subset_key)
         elbo, loss, steps = float(gp_update.incremental_elbo(inc)), np.zeros((0,)), 0
         jitter, skipped = float(inc.pred.jitter), 0
-    jax.block_until_ready((inc, data))
+    acq_pred = inc.pred
+    if fit.grow_inducing and not refit and fit.n_include:
+        acq_pred = _grow_program(inc, data, config=fit)
+    jax.block_until_ready((inc, data, acq_pred))
     t1 = time.perf_counter()
-    res = _acq_program(k_acq, inc.pred, data, config=acquisition)
+    res = _acq_program(k_acq, acq_pred, data, config=acquisition)
     jax.block_until_ready(res)
     t2 = time.perf_counter()
     pts, vals = _ranked_candidates(res, acquisition)
@@ -983,6 +1005,8 @@ def make_gp_ei(fit: GPFitConfig = GPFitConfig(),
         del fit_json["cold_tol"]
     if not fit.carry_lbfgs:  # the behaviour before the field existed: recorded runs resume
         del fit_json["carry_lbfgs"]
+    if not fit.grow_inducing:  # likewise
+        del fit_json["grow_inducing"]
     # the cold fit's unused fields stay out; an "authors" run's config.json is as it was
     unused = _SUBSET_GREEDY_NAMES if fit.cold_fit == "authors" else _AUTHORS_COLD_NAMES
     fit_json = {k: v for k, v in fit_json.items() if k not in unused}

@@ -1068,7 +1068,11 @@ def build_predictor(
     if form not in ("product", "solve"):
         raise ValueError(f"form must be 'product' or 'solve', got {form!r}")
     ls, var, noise = constrain(params)
-    z = params.inducing
+    return _predictor(ls, var, noise, params.inducing, data, jitter, form)
+
+
+def _predictor(ls, var, noise, z, data: SGPRData, jitter, form: str) -> SGPRPredictor:
+    """:func:`build_predictor` from constrained hyperparameters and inducing inputs ``z``."""
     m = z.shape[0]
     w = data.mask.astype(_F64)
     kzz = rbf_kernel(z, z, ls, var)

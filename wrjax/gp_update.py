@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
-from wrjax.gp import SGPRData, SGPRPredictor, _representer_weights, rbf_kernel
+from wrjax.gp import SGPRData, SGPRPredictor, _predictor, _representer_weights, rbf_kernel
 from wrjax.precision import float64_scope
 from wrjax.typing import ArrayLike
 
@@ -63,6 +63,7 @@ __all__ = [
     "incremental_elbo",
     "staleness",
     "should_refit",
+    "grown_predictor",
 ]
 
 _F64 = jnp.float64
@@ -321,3 +322,45 @@ def should_refit(
     if not rules:
         raise ValueError("should_refit needs at least one criterion")
     return jnp.any(jnp.stack(rules))
+
+
+#: Where :func:`grown_predictor` parks its unused inducing slots: ``FAR * (slot + 1)`` on the
+#: first axis. At that distance every kernel value with a data point, a query point or another
+#: slot underflows to exactly 0 in float64 for any lengthscale below 1e6 (``exp(-5e3)`` at
+#: worst), so an unused slot is an inducing input that carries no information: it leaves the
+#: posterior exactly as it is and needs no mask anywhere downstream.
+FAR = 1e8
+
+
+@float64_scope
+def grown_predictor(
+    pred: SGPRPredictor, data: SGPRData, extra_x: ArrayLike, extra_mask: ArrayLike, *,
+    jitter: float = 1e-6, form: str = "product",
+) -> SGPRPredictor:
+    """The SGPR posterior of ``data`` with the valid ``extra_x`` rows added to the inducing
+    inputs: ``M + E`` inducing points, the kernel, noise and scaling of ``pred`` unchanged.
+
+    Between refits the incremental schedule keeps the inducing points fixed, so points
+    queried far from all of them are seen only through ``Kzz^{-1}``-projections and the
+    posterior barely moves there; the per-query refit moves the inducing points towards the
+    data after every query. Making each queried point an inducing point gives the posterior
+    the queried points' own information (with the same hyperparameters, Titsias' bound can
+    only rise when inducing inputs are added) without refitting. ``O(N (M+E)^2)``: a
+    from-scratch :func:`wrjax.gp.build_predictor` on the grown inducing set, whose unused
+    slots sit at :data:`FAR` (static shapes: ``E`` fixed, a mask says which are used).
+
+    Args:
+      pred: the current posterior (its ``inducing``, hyperparameters and ``y`` scaling).
+      data: the standardised data it conditions on (``pred``'s scaling).
+      extra_x: ``(E, D)`` candidate inducing inputs; extra_mask: ``(E,)`` bool, which are used.
+      jitter: base ``Kzz`` jitter relative to the signal variance, as ``build_predictor``.
+
+    Returns:
+      an :class:`SGPRPredictor` with ``M + E`` inducing rows (unused ones at ``FAR``).
+    """
+    extra_x = jnp.asarray(extra_x, _F64)
+    extra_mask = jnp.asarray(extra_mask, bool)
+    e, d = extra_x.shape
+    park = jnp.zeros((e, d), _F64).at[:, 0].set(FAR * (1.0 + jnp.arange(e, dtype=_F64)))
+    z = jnp.concatenate([pred.inducing, jnp.where(extra_mask[:, None], extra_x, park)])
+    return _predictor(pred.lengthscale, pred.variance, pred.noise, z, data, jitter, form)
