@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -243,8 +244,6 @@ PROCESSES_FILE = "processes.jsonl"
 
 def append_process_start(workdir: Path, start: float, n_evals: int) -> None:
     """Record that a process started (or resumed) the run in ``workdir`` at ``start``."""
-    import socket
-
     entry = {"start": float(start), "evals": int(n_evals), "pid": os.getpid(), "host": socket.gethostname()}
     with open(Path(workdir) / PROCESSES_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(entry) + "\n")
