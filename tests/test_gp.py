@@ -4,6 +4,7 @@ References are independent: exact GP algebra in NumPy float64, GPJax's own
 ``collapsed_elbo``, SciPy's multivariate normal, and set properties computed with NumPy.
 """
 
+import chex
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -791,3 +792,80 @@ def test_carry_lbfgs_state_refuses_other_optimisers(rng):
 
     with pytest.raises(TypeError, match="lbfgs"):
         carry_adam()
+
+
+@float64_scope
+def _np_sgpr_posterior(params, data, jitter, xs):
+    """Titsias' SGPR posterior of the latent f (standardised units), NumPy float64, from its
+    textbook form: ``Sigma = (Kzz + Kzf Kfz / s2)^{-1}``, ``mean = k_xz Sigma Kzf y / s2``,
+    ``var = k_xx - k_xz Kzz^{-1} k_zx + k_xz Sigma k_zx`` (``Kzz`` with the predictor's jitter)."""
+    ls, var, noise = (np.asarray(v) for v in gp.constrain(params))
+    z = np.asarray(params.inducing)
+    keep = np.asarray(data.mask)
+    x, y = np.asarray(data.x)[keep], np.asarray(data.y)[keep]
+    kzz = _np_kernel(z, z, ls, var) + jitter * np.eye(len(z))
+    kzf = _np_kernel(z, x, ls, var)
+    sigma_inv = kzz + kzf @ kzf.T / noise
+    kzx = _np_kernel(z, xs, ls, var)
+    mean = kzx.T @ np.linalg.solve(sigma_inv, kzf @ y) / noise
+    v = var - np.sum(kzx * np.linalg.solve(kzz, kzx), 0) + np.sum(kzx * np.linalg.solve(sigma_inv, kzx), 0)
+    return mean, v
+
+
+def test_dense_predictor_matches_the_numpy_sgpr_posterior(rng):
+    x, y = _problem(rng, n=40)
+    mask = np.ones(40, bool)
+    mask[-5:] = False  # masked rows must not count in either form
+    z = rng.uniform(-2, 2, size=(9, 2))
+    # at data, between, and far from everything (where the variance returns to the prior's)
+    xs = np.concatenate([x[:5], rng.uniform(-2, 2, size=(6, 2)), [[9.0, -9.0]]])
+
+    def both(params, data, xs):  # one compiled program: eager dispatch of each op is slow
+        pred = gp.build_predictor(params, data)
+        dense = gp.dense_predictor(pred)
+        return pred, dense, gp.predict_standardized(dense, xs), gp.predict_standardized(pred, xs)
+
+    @float64_scope
+    def run():
+        params = _params(rng, z, 2)
+        data = gp.make_data(x, y, mask)
+        pred, dense, out_d, out_t = jax.jit(both)(params, data, jnp.asarray(xs))
+        ref = _np_sgpr_posterior(params, data, float(pred.jitter), xs)
+        as_np = lambda t: [np.asarray(v) for v in t]  # noqa: E731
+        return as_np(out_d), as_np(out_t), ref, float(gp.constrain(params)[1]), jax.tree.map(np.asarray, dense)
+
+    (m_d, v_d), (m_t, v_t), (m_r, v_r), var, dense = run()
+    chex.assert_shape(dense.var_matrix, (9, 9))
+    np.testing.assert_allclose(dense.var_matrix, dense.var_matrix.T, rtol=0, atol=0)
+    np.testing.assert_allclose(m_d, m_r, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(v_d, v_r, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(v_d, v_t, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(v_d[-1], var, rtol=1e-12)  # k_xz = 0 there
+
+
+@pytest.mark.parametrize("gap", [1e-2, 1e-5])
+def test_dense_and_triangular_forms_agree_when_kzz_is_ill_conditioned(rng, gap):
+    # near-duplicate inducing points and a long lengthscale: cond(Kzz) near 1 / jitter, where
+    # an explicit inverse loses the most; the variances must still agree far below what EI
+    # resolves, and never go negative
+    x, y = _problem(rng, n=60)
+    base = rng.uniform(-2, 2, size=(6, 2))
+    z = np.concatenate([base, base + gap])
+
+    def both(params, data, xs):
+        pred = gp.build_predictor(params, data)
+        return pred.chol_kzz, *gp.predict_standardized(pred, xs), *gp.predict_standardized(gp.dense_predictor(pred), xs)
+
+    @float64_scope
+    def run():
+        params = _params(rng, z, 2, ls=3.0, noise=1e-3)
+        data = gp.make_data(x, y, np.ones(60, bool))
+        xs = jnp.asarray(np.concatenate([x[:10], z + 1e-3, rng.uniform(-3, 3, size=(20, 2))]))
+        lz, m_t, v_t, m_d, v_d = (np.asarray(v) for v in jax.jit(both)(params, data, xs))
+        return [m_t, v_t, m_d, v_d, float(gp.constrain(params)[1]), np.linalg.cond(lz @ lz.T)]
+
+    m_t, v_t, m_d, v_d, var, cond = run()
+    assert cond > (1e3 if gap == 1e-2 else 1e5)  # the case is the ill-conditioned one
+    np.testing.assert_allclose(m_d, m_t, rtol=0, atol=1e-6 * var)
+    np.testing.assert_allclose(v_d, v_t, rtol=0, atol=1e-6 * var)
+    assert np.all(v_d > 0)

@@ -253,6 +253,13 @@ class AcquisitionConfig:
         barely changes EI and KB alone would pick almost the same point again; if every
         result is such a point, the best one is taken anyway). Not in the authors' code
         (they query one point per iteration).
+      predictor_form: how the ascent evaluates the posterior variance: ``"dense"`` (default,
+        :func:`wrjax.gp.dense_predictor`: one ``M x M`` matrix formed per maximisation, then
+        a matrix product per step) or ``"triangular"`` (two triangular solves per step, as
+        :func:`wrjax.gp.predict`). The same posterior up to rounding; dense made the
+        maximisation 1.6-1.8x faster at M = 500-550 on a fitted expressions posterior
+        (``benchmarks/RESULTS.md``, ``acq_form``). Left out of ``config.json`` when dense, so
+        runs recorded before it resume (with the dense form).
     """
 
     acquisition: str = "log-ei"
@@ -268,6 +275,7 @@ class AcquisitionConfig:
     bound_scale: float = 1.1
     batch_size: int = 1
     batch_strategy: str = "kriging-believer"
+    predictor_form: str = "dense"
 
     def __post_init__(self):
         owner = type(self).__name__
@@ -278,6 +286,7 @@ class AcquisitionConfig:
         check_choice(f"{owner}.acquisition", self.acquisition, ("ei", "log-ei"))
         check_choice(f"{owner}.incumbent", self.incumbent, ("quantile", "best"))
         check_choice(f"{owner}.batch_strategy", self.batch_strategy, ("kriging-believer",))
+        check_choice(f"{owner}.predictor_form", self.predictor_form, ("dense", "triangular"))
         for name in ("incumbent_quantile", "good_quantile", "bound_quantile"):
             check_unit(f"{owner}.{name}", getattr(self, name))
         for name in ("ascent_learning_rate", "bound_scale"):
@@ -459,7 +468,10 @@ _log_ei_at = log_ei_at
 
 
 def _acq_partial(config: AcquisitionConfig, pred, tau):
+    """The acquisition of one point on ``pred`` in ``config``'s predictor form (traceable)."""
     fn = _log_ei_at if config.acquisition == "log-ei" else _ei_at
+    if config.predictor_form == "dense" and isinstance(pred, gp.SGPRPredictor):
+        pred = gp.dense_predictor(pred)
     return jax.tree_util.Partial(fn, pred, tau)
 
 
@@ -1013,7 +1025,10 @@ def make_gp_ei(fit: GPFitConfig = GPFitConfig(),
     if fit.refit != "incremental":  # unused then: keeps the config.json of such runs as it was
         used = ("refit", "refit_max_steps", "refit_tol") if fit.refit == "every-query-converged" else ()
         fit_json = {k: v for k, v in fit_json.items() if k not in _INCREMENTAL_NAMES or k in used}
-    config = {"fit": fit_json, "acquisition": dataclasses.asdict(acquisition)}
+    acq_json = dataclasses.asdict(acquisition)
+    if acquisition.predictor_form == "dense":  # the default: recorded runs resume as they were
+        del acq_json["predictor_form"]
+    config = {"fit": fit_json, "acquisition": acq_json}
     return Optimizer(init, propose, "gp-ei", config)
 
 
