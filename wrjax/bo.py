@@ -111,8 +111,9 @@ class GPFitConfig:
         (``## lbfgs_memory``) measures it against fresh refits at equal bound. A cold fit
         always starts afresh. Needs ``fit_method="lbfgs"``.
       grow_inducing: incremental: EI is maximised on the posterior whose inducing inputs are
-        the fitted ones plus every point absorbed since the last fit
-        (:func:`wrjax.gp_update.grown_predictor`, ``O(N (M + n_include)^2)`` a query), so
+        the fitted ones plus every point absorbed since the last fit (the cached factors
+        bordered by them, :func:`wrjax.gp_update.extend_inducing`, ``O(N M n_include)`` a
+        query; the same posterior as :func:`wrjax.gp_update.grown_predictor`), so
         that a queried point informs the posterior around it between refits as a per-query
         refit's moved inducing points do (False: the fitted inducing points only, the
         behaviour of every run recorded before 2026-12-08). The staleness rules and the
@@ -821,9 +822,10 @@ def _absorb_program(z, y, mask, inc, data, absorbed, seen_z, seen_y, *, config: 
 @functools.partial(jax.jit, static_argnames=("config",))
 def _grow_program(inc, data, *, config: GPFitConfig):
     """The posterior EI runs on under ``grow_inducing``: the rows absorbed since the last fit
-    (the data's last ``n_include`` slots) join the inducing inputs."""
+    (the data's last ``n_include`` slots) join the inducing inputs, by bordering the cached
+    factors (``inc.pred`` is the posterior of ``data``), not by rebuilding them."""
     s = data.x.shape[0] - config.n_include
-    return gp_update.grown_predictor(inc.pred, data, data.x[s:], data.mask[s:], jitter=config.jitter)
+    return gp_update.extend_inducing(inc.pred, data, data.x[s:], data.mask[s:])
 
 
 @functools.partial(jax.jit, static_argnames=("spare",))

@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
-from wrjax.gp import SGPRData, SGPRPredictor, _predictor, _representer_weights, rbf_kernel
+from wrjax.gp import SGPRData, SGPRPredictor, _predictor, _representer_weights, rbf_kernel, safe_cholesky
 from wrjax.precision import float64_scope
 from wrjax.typing import ArrayLike
 
@@ -64,6 +64,7 @@ __all__ = [
     "staleness",
     "should_refit",
     "grown_predictor",
+    "extend_inducing",
 ]
 
 _F64 = jnp.float64
@@ -358,9 +359,83 @@ def grown_predictor(
     Returns:
       an :class:`SGPRPredictor` with ``M + E`` inducing rows (unused ones at ``FAR``).
     """
+    z = jnp.concatenate([pred.inducing, _parked(extra_x, extra_mask)])
+    return _predictor(pred.lengthscale, pred.variance, pred.noise, z, data, jitter, form)
+
+
+def _parked(extra_x, extra_mask):
+    """``extra_x`` with its unused rows moved to :data:`FAR` (``(E, D)`` float64)."""
     extra_x = jnp.asarray(extra_x, _F64)
     extra_mask = jnp.asarray(extra_mask, bool)
     e, d = extra_x.shape
     park = jnp.zeros((e, d), _F64).at[:, 0].set(FAR * (1.0 + jnp.arange(e, dtype=_F64)))
-    z = jnp.concatenate([pred.inducing, jnp.where(extra_mask[:, None], extra_x, park)])
-    return _predictor(pred.lengthscale, pred.variance, pred.noise, z, data, jitter, form)
+    return jnp.where(extra_mask[:, None], extra_x, park)
+
+
+@float64_scope
+def extend_inducing(
+    pred: SGPRPredictor, data: SGPRData, extra_x: ArrayLike, extra_mask: ArrayLike
+) -> SGPRPredictor:
+    """:func:`grown_predictor` by extending ``pred``'s factors: ``O(N M E + M^2 E)``, not
+    ``O(N (M+E)^2)``.
+
+    ``pred`` must be the posterior of ``data`` (as an :class:`IncrementalSGPR`'s ``pred`` is
+    of the rows it has absorbed). With ``Z' = [Z; X_e]``, the new inducing rows border both
+    factors: ``Lz' = [[Lz, 0], [L21, L22]]`` with ``L21 = K_ez Lz^{-T}`` and ``L22`` the factor
+    of ``K_ee + j I - L21 L21^T``; ``A' = [A; A_e]`` with ``A_e = L22^{-1} (K_ef / s - L21 A)``,
+    so ``B' = I + A' A'^T`` borders ``B`` with ``A A_e^T`` and ``I + A_e A_e^T``. ``A`` (``M x
+    N``) is never formed: every product with it comes from ``A A^T = L_B L_B^T - I``,
+    ``A r`` (cached) and one pass over the data for ``K_zf K_fe`` and ``K_ef K_fe`` (with
+    ``M = 500``, ``E = 50``, ``N = 10,000``: about 8x fewer flops than rebuilding). The
+    same jitter ``pred.jitter`` is added to the new block (more only if its factor fails),
+    so with nothing escalated the result is the from-scratch build's up to rounding
+    (``tests/test_bo_incremental.py``: 1e-8).
+
+    Args:
+      pred: the posterior of ``data``; data: its standardised data.
+      extra_x: ``(E, D)`` inputs to add; extra_mask: ``(E,)`` bool, which are used (the
+        others are parked at :data:`FAR`, where they carry nothing).
+
+    Returns:
+      an :class:`SGPRPredictor` with ``M + E`` inducing rows, the kernel, noise, jitter and
+      scaling of ``pred``.
+    """
+    ze = _parked(extra_x, extra_mask)
+    e, m = ze.shape[0], pred.inducing.shape[0]
+    ls, var, noise = pred.lengthscale, pred.variance, pred.noise
+    sigma = jnp.sqrt(noise)
+    lz, lb = pred.chol_kzz, pred.chol_b
+    eye_e = jnp.eye(e, dtype=_F64)
+    # the new rows of Lz'
+    l21 = jsl.solve_triangular(lz, rbf_kernel(pred.inducing, ze, ls, var), lower=True).T  # (E, M)
+    schur = rbf_kernel(ze, ze, ls, var) + pred.jitter * eye_e - l21 @ l21.T
+    l22, _ = safe_cholesky(0.5 * (schur + schur.T), 0.0)
+    # the one pass over the data
+    w = data.mask.astype(_F64)
+    kzf = rbf_kernel(pred.inducing, data.x, ls, var) * w[None, :]  # (M, N)
+    kef = rbf_kernel(ze, data.x, ls, var) * w[None, :]  # (E, N)
+    p = jsl.solve_triangular(lz, kzf @ kef.T, lower=True) / noise  # A K_fe / s, (M, E)
+    aat = lb @ lb.T - jnp.eye(m, dtype=_F64)  # A A^T
+    # A A_e^T = (A K_fe / s - A A^T L21^T) L22^{-T}
+    a_ae = jsl.solve_triangular(l22, (p - aat @ l21.T).T, lower=True).T  # (M, E)
+    # A_e A_e^T = L22^{-1} [K_ef K_fe / s2 - P^T L21^T - L21 P + L21 A A^T L21^T] L22^{-T}
+    l21_p = l21 @ p  # (E, E)
+    inner = kef @ kef.T / noise - l21_p.T - l21_p + l21 @ aat @ l21.T
+    u = jsl.solve_triangular(l22, inner, lower=True)
+    ae_ae = jsl.solve_triangular(l22, u.T, lower=True)
+    ae_r = jsl.solve_triangular(l22, kef @ (data.y * w) / sigma - l21 @ pred.proj_residual, lower=True)
+    # L_B' = [[L_B, 0], [Y, L]]: Y = (L_B^{-1} A A_e^T)^T, L the factor of I + A_e A_e^T - Y Y^T
+    yb = jsl.solve_triangular(lb, a_ae, lower=True).T  # (E, M)
+    sb = eye_e + 0.5 * (ae_ae + ae_ae.T) - yb @ yb.T
+    lb_new, _ = safe_cholesky(0.5 * (sb + sb.T), 0.0)
+    zeros = jnp.zeros((m, e), _F64)
+    lz2 = jnp.block([[lz, zeros], [l21, l22]])
+    lb2 = jnp.block([[lb, zeros], [yb, lb_new]])
+    ar2 = jnp.concatenate([pred.proj_residual, ae_r])
+    return pred._replace(
+        inducing=jnp.concatenate([pred.inducing, ze]),
+        chol_kzz=lz2,
+        chol_b=lb2,
+        proj_residual=ar2,
+        weights=_representer_weights(lz2, lb2, ar2, noise),
+    )
