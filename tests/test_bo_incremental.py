@@ -394,6 +394,40 @@ def test_extend_inducing_from_the_schedules_updated_posterior(never):
     assert np.max(np.abs(me[-3:] - mp[-3:])) > 10 * np.max(np.abs(me - mg))
 
 
+def test_grow_inducing_max_keeps_the_latest_absorbed_points(never):
+    states, _, _ = never
+    state = states[3]  # rows absorbed in slots s, s + 1, s + 2
+    fit = dataclasses.replace(FIT, grow_inducing=True, grow_inducing_max=2, n_include=max(FIT.n_include, CAP))
+    with pytest.raises(ValueError, match="grow_inducing_max"):
+        dataclasses.replace(fit, grow_inducing_max=0)
+
+    @float64_scope
+    def compare():
+        inc, data = jax.tree.map(jnp.asarray, state.inc), jax.tree.map(jnp.asarray, state.data)
+        s = data.x.shape[0] - fit.n_include
+        capped = bo._grow_program(inc, data, config=fit)
+        ref = gp_update.extend_inducing(inc.pred, data, data.x[s + 1 : s + 3], jnp.ones(2, bool))
+        roomy = bo._grow_program(inc, data, config=dataclasses.replace(fit, grow_inducing_max=8))
+        all3 = gp_update.extend_inducing(inc.pred, data, data.x[s : s + 3], jnp.ones(3, bool))
+        xt = jax.random.uniform(jax.random.key(5), (32, D), jnp.float64, -2.5, 2.5)
+        out = [gp.predict(p, xt) for p in (capped, ref, roomy, all3)]
+        return [np.asarray(a) for pair in out for a in pair], capped.inducing.shape[0], roomy.inducing.shape[0]
+
+    (mc, vc, mr, vr, m8, v8, m3, v3), rows_capped, rows_roomy = compare()
+    assert (rows_capped, rows_roomy) == (FIT.num_inducing + 2, FIT.num_inducing + min(8, fit.n_include))
+    # (jitted against eager on this fixture's ill-conditioned B: rounding of 2e-7 relative)
+    np.testing.assert_allclose(mc, mr, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(vc, vr, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(m8, m3, rtol=1e-5, atol=1e-5)  # room for all: parked slots add nothing
+    np.testing.assert_allclose(v8, v3, rtol=1e-4, atol=1e-6)
+    # leaving out the first absorbed point does matter, far beyond that rounding
+    assert np.max(np.abs(mc - m3)) > 10 * max(np.max(np.abs(mc - mr)), np.max(np.abs(m8 - m3)))
+    # the default stays out of config.json, so the recorded grow runs resume
+    on = bo.make_gp_ei(dataclasses.replace(FIT, grow_inducing=True)).config["fit"]
+    assert on["grow_inducing"] is True and "grow_inducing_max" not in on
+    assert bo.make_gp_ei(fit).config["fit"]["grow_inducing_max"] == 2
+
+
 def test_grow_inducing_runs_ei_on_the_grown_posterior_and_keeps_the_schedule(never):
     # query 3 of the `never` cycle again, from the state after query 2, with grow_inducing
     states, stats, (z, y, _) = never
