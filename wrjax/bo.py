@@ -268,8 +268,9 @@ class AcquisitionConfig:
         :func:`wrjax.gp.dense_predictor`: one ``M x M`` matrix formed per maximisation, then
         a matrix product per step) or ``"triangular"`` (two triangular solves per step, as
         :func:`wrjax.gp.predict`). The same posterior up to rounding; dense made the
-        maximisation 1.6-1.8x faster at M = 500-550 on a fitted expressions posterior
-        (``benchmarks/RESULTS.md``, ``acq_form``). Left out of ``config.json`` when dense, so
+        maximisation 1.4x faster at M = 500 on a synthetic posterior (``benchmarks/RESULTS.md``,
+        ``acq_form``) and 1.7x on the refitting queries of an expressions run
+        (``experiments/RESULTS.md``). Left out of ``config.json`` when dense, so
         runs recorded before it resume (with the dense form).
     """
 
@@ -1036,7 +1037,7 @@ def make_gp_ei(fit: GPFitConfig = GPFitConfig(),
         del fit_json["carry_lbfgs"]
     if not fit.grow_inducing:  # likewise
         del fit_json["grow_inducing"]
-    if not fit.grow_inducing or fit.grow_inducing_max == 32:  # the recorded grow runs resume
+    if not fit.grow_inducing or fit.grow_inducing_max == GPFitConfig.grow_inducing_max:  # recorded runs resume
         del fit_json["grow_inducing_max"]
     # the cold fit's unused fields stay out; an "authors" run's config.json is as it was
     unused = _SUBSET_GREEDY_NAMES if fit.cold_fit == "authors" else _AUTHORS_COLD_NAMES
